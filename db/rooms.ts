@@ -1,0 +1,150 @@
+/** Queries on rooms and room membership. */
+import type { Sql } from "./mod.ts";
+
+/** A room as the API returns it. */
+export interface Room {
+  id: string;
+  name: string;
+  thumbnailUrl: string | null;
+  createdBy: string;
+  createdAt: Date;
+}
+
+/** A room member with the user's current name and avatar. */
+export interface Member {
+  roomId: string;
+  userId: string;
+  username: string;
+  avatarUrl: string | null;
+  joinedAt: Date;
+}
+
+/** Whether a room exists and whether a user belongs to it. */
+export interface Membership {
+  roomExists: boolean;
+  isMember: boolean;
+}
+
+/** Creates a room and joins its creator, in one transaction. */
+export async function createRoom(
+  sql: Sql,
+  input: { name: string; thumbnailUrl: string | null; createdBy: string },
+): Promise<Room> {
+  return await sql.begin(async (sql) => {
+    const [room] = await sql<[Room]>`
+      insert into rooms (name, thumbnail_url, created_by)
+      values (${input.name}, ${input.thumbnailUrl}, ${input.createdBy})
+      returning id, name, thumbnail_url, created_by, created_at
+    `;
+    await sql`insert into room_members (room_id, user_id) values (${room.id}, ${input.createdBy})`;
+    return room;
+  });
+}
+
+/** One room by id. */
+export async function getRoom(sql: Sql, id: string): Promise<Room | undefined> {
+  const [room] = await sql<[Room?]>`
+    select id, name, thumbnail_url, created_by, created_at from rooms where id = ${id}
+  `;
+  return room;
+}
+
+/**
+ * Rooms newest first. `cursor` is the id of the last room of the previous page;
+ * returns up to `limit + 1` rows so the caller can tell whether more exist.
+ */
+export async function listRooms(
+  sql: Sql,
+  options: { limit: number; cursor?: string },
+): Promise<Room[]> {
+  const after = options.cursor === undefined
+    ? sql``
+    : sql`where (created_at, id) < (select created_at, id from rooms where id = ${options.cursor})`;
+  return await sql<Room[]>`
+    select id, name, thumbnail_url, created_by, created_at from rooms
+    ${after}
+    order by created_at desc, id desc
+    limit ${options.limit + 1}
+  `;
+}
+
+/** Updates a room if `userId` created it; undefined when no such room was created by that user. */
+export async function updateRoom(
+  sql: Sql,
+  id: string,
+  userId: string,
+  patch: { name?: string; thumbnailUrl?: string | null },
+): Promise<Room | undefined> {
+  const [room] = await sql<[Room?]>`
+    update rooms set
+      name = coalesce(${patch.name ?? null}, name),
+      thumbnail_url = ${patch.thumbnailUrl === undefined ? sql`thumbnail_url` : patch.thumbnailUrl}
+    where id = ${id} and created_by = ${userId}
+    returning id, name, thumbnail_url, created_by, created_at
+  `;
+  return room;
+}
+
+/** Whether the room exists and the user is a member, in one round trip. */
+export async function getMembership(
+  sql: Sql,
+  roomId: string,
+  userId: string,
+): Promise<Membership> {
+  const [row] = await sql<[Membership]>`
+    select
+      exists (select 1 from rooms where id = ${roomId}) as room_exists,
+      exists (select 1 from room_members where room_id = ${roomId} and user_id = ${userId}) as is_member
+  `;
+  return row;
+}
+
+/** Joins a user to a room (a no-op when already joined); undefined when the room does not exist. */
+export async function joinRoom(
+  sql: Sql,
+  roomId: string,
+  userId: string,
+): Promise<Member | undefined> {
+  await sql`
+    insert into room_members (room_id, user_id)
+    select id, ${userId} from rooms where id = ${roomId}
+    on conflict do nothing
+  `;
+  return await getMember(sql, roomId, userId);
+}
+
+/** One membership with the user's current name and avatar. */
+export async function getMember(
+  sql: Sql,
+  roomId: string,
+  userId: string,
+): Promise<Member | undefined> {
+  const [member] = await sql<[Member?]>`
+    select m.room_id, m.user_id, u.username, u.avatar_url, m.joined_at
+    from room_members m join users u on u.id = m.user_id
+    where m.room_id = ${roomId} and m.user_id = ${userId}
+  `;
+  return member;
+}
+
+/** Removes a user from a room; true when they were a member. */
+export async function leaveRoom(
+  sql: Sql,
+  roomId: string,
+  userId: string,
+): Promise<boolean> {
+  const rows = await sql`
+    delete from room_members where room_id = ${roomId} and user_id = ${userId} returning user_id
+  `;
+  return rows.length > 0;
+}
+
+/** A room's members, earliest joined first. */
+export async function listMembers(sql: Sql, roomId: string): Promise<Member[]> {
+  return await sql<Member[]>`
+    select m.room_id, m.user_id, u.username, u.avatar_url, m.joined_at
+    from room_members m join users u on u.id = m.user_id
+    where m.room_id = ${roomId}
+    order by m.joined_at, m.user_id
+  `;
+}

@@ -1,0 +1,27 @@
+/** API tokens: random bearer strings whose SHA-256 hash is all Postgres keeps. */
+import { Buffer } from "node:buffer";
+
+/** A new token: 32 random bytes, base64url without padding (43 characters). */
+export function newToken(): string {
+  return Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString(
+    "base64url",
+  );
+}
+
+/** The hex SHA-256 of a token, as stored in `tokens.hash`. */
+export async function hashToken(token: string): Promise<string> {
+  const digest = await crypto.subtle.digest(
+    "SHA-256",
+    new TextEncoder().encode(token),
+  );
+  return Array.from(
+    new Uint8Array(digest),
+    (b) => b.toString(16).padStart(2, "0"),
+  ).join("");
+}
+
+/** The token of an `Authorization: Bearer <token>` header value, or null. */
+export function parseBearer(header: string | null): string | null {
+  const match = /^Bearer ([A-Za-z0-9_-]{16,256})$/.exec(header?.trim() ?? "");
+  return match ? match[1] : null;
+}

@@ -1,0 +1,86 @@
+/** `rooms.*`: create, browse, update, join, leave, members. */
+import { TRPCError } from "@trpc/server";
+import { z } from "zod";
+import {
+  createRoom,
+  getRoom,
+  joinRoom,
+  leaveRoom,
+  listMembers,
+  listRooms,
+  updateRoom,
+} from "../../db/rooms.ts";
+import { id, imageUrl, limit, roomName } from "../schemas.ts";
+import { authedProcedure, memberProcedure, publicProcedure, router } from "../trpc.ts";
+
+const roomInput = z.object({ roomId: id });
+
+function roomNotFound(roomId: string): TRPCError {
+  return new TRPCError({
+    code: "NOT_FOUND",
+    message: `Room not found: ${roomId}`,
+  });
+}
+
+/** Procedures on rooms and membership. */
+export const roomsRouter = router({
+  create: authedProcedure
+    .input(z.object({ name: roomName, thumbnailUrl: imageUrl.optional() }))
+    .mutation(({ ctx, input }) =>
+      createRoom(ctx.sql, {
+        name: input.name,
+        thumbnailUrl: input.thumbnailUrl ?? null,
+        createdBy: ctx.user.id,
+      })
+    ),
+
+  list: publicProcedure
+    .input(z.object({ limit, cursor: id.optional() }).default({ limit: 50 }))
+    .query(async ({ ctx, input }) => {
+      const rows = await listRooms(ctx.sql, input);
+      const items = rows.slice(0, input.limit);
+      const nextCursor = rows.length > input.limit ? items[items.length - 1].id : null;
+      return { items, nextCursor };
+    }),
+
+  get: publicProcedure.input(roomInput).query(async ({ ctx, input }) => {
+    const room = await getRoom(ctx.sql, input.roomId);
+    if (!room) throw roomNotFound(input.roomId);
+    return room;
+  }),
+
+  update: authedProcedure
+    .input(
+      z.object({
+        roomId: id,
+        name: roomName.optional(),
+        thumbnailUrl: imageUrl.optional(),
+      }),
+    )
+    .mutation(async ({ ctx, input }) => {
+      const { roomId, ...patch } = input;
+      const room = await updateRoom(ctx.sql, roomId, ctx.user.id, patch);
+      if (room) return room;
+      if (!(await getRoom(ctx.sql, roomId))) throw roomNotFound(roomId);
+      throw new TRPCError({
+        code: "FORBIDDEN",
+        message: "Only the room's creator can update it",
+      });
+    }),
+
+  join: authedProcedure.input(roomInput).mutation(async ({ ctx, input }) => {
+    const member = await joinRoom(ctx.sql, input.roomId, ctx.user.id);
+    if (!member) throw roomNotFound(input.roomId);
+    return member;
+  }),
+
+  leave: authedProcedure.input(roomInput).mutation(async ({ ctx, input }) => {
+    const left = await leaveRoom(ctx.sql, input.roomId, ctx.user.id);
+    if (!left && !(await getRoom(ctx.sql, input.roomId))) {
+      throw roomNotFound(input.roomId);
+    }
+    return { left };
+  }),
+
+  members: memberProcedure.query(({ ctx, input }) => listMembers(ctx.sql, input.roomId)),
+});

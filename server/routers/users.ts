@@ -1,0 +1,47 @@
+/** `users.*`: sign-up with a token, profile, logout. */
+import { TRPCError } from "@trpc/server";
+import { z } from "zod";
+import { createUser, revokeToken, updateUser } from "../../db/users.ts";
+import { hashToken, newToken } from "../auth.ts";
+import { imageUrl, username } from "../schemas.ts";
+import { authedProcedure, publicProcedure, router } from "../trpc.ts";
+
+/** Procedures on users. */
+export const usersRouter = router({
+  create: publicProcedure
+    .input(z.object({ username, avatarUrl: imageUrl.optional() }))
+    .mutation(async ({ ctx, input }) => {
+      const token = newToken();
+      const user = await createUser(ctx.sql, {
+        username: input.username,
+        avatarUrl: input.avatarUrl ?? null,
+        tokenHash: await hashToken(token),
+      });
+      return { user, token };
+    }),
+
+  me: authedProcedure.query(({ ctx }) => ctx.user),
+
+  update: authedProcedure
+    .input(
+      z.object({
+        username: username.optional(),
+        avatarUrl: imageUrl.optional(),
+      }),
+    )
+    .mutation(async ({ ctx, input }) => {
+      const user = await updateUser(ctx.sql, ctx.user.id, input);
+      if (!user) {
+        throw new TRPCError({
+          code: "NOT_FOUND",
+          message: "User no longer exists",
+        });
+      }
+      return user;
+    }),
+
+  logout: authedProcedure.mutation(async ({ ctx }) => {
+    await revokeToken(ctx.sql, ctx.tokenHash);
+    return { ok: true as const };
+  }),
+});

@@ -1,0 +1,152 @@
+/**
+ * Test helpers: each test gets its own Postgres database (created and dropped here)
+ * and a real server on port 0, plus typed tRPC clients that talk to it over HTTP.
+ */
+import { createTRPCClient, httpBatchLink, httpLink, TRPCClientError } from "@trpc/client";
+import postgres from "postgres";
+import superjson from "superjson";
+import { connect, type Sql } from "../db/mod.ts";
+import { migrate } from "../db/migrate.ts";
+import type { Logger } from "../server/log.ts";
+import { createOriginPolicy } from "../server/origin.ts";
+import type { AppRouter } from "../server/router.ts";
+import { serve } from "../server/serve.ts";
+
+/** Where tests create their databases. */
+export const TEST_DATABASE_URL = Deno.env.get("TEST_DATABASE_URL") ??
+  "postgres://postgres@127.0.0.1:5432/postgres";
+
+/** The allowlist test servers use unless a test passes its own. */
+export const TEST_ORIGINS =
+  "http://localhost:3000,https://app.example.com,https://video-chat-frontend-*-dalkirks-projects.vercel.app";
+
+/** A fresh database that drops itself when disposed. */
+export interface TestDatabase extends AsyncDisposable {
+  url: string;
+  name: string;
+}
+
+/** Creates an empty database with a random name next to `TEST_DATABASE_URL`. */
+export async function createTestDatabase(): Promise<TestDatabase> {
+  const admin = postgres(TEST_DATABASE_URL, { max: 1, onnotice: () => {} });
+  const name = `parley_test_${crypto.randomUUID().replaceAll("-", "")}`;
+  await admin`create database ${admin(name)}`;
+  const url = new URL(TEST_DATABASE_URL);
+  url.pathname = `/${name}`;
+  return {
+    url: url.href,
+    name,
+    async [Symbol.asyncDispose]() {
+      await admin`drop database if exists ${admin(name)} with (force)`;
+      await admin.end();
+    },
+  };
+}
+
+/** A logger that keeps every line, for tests that check what was logged. */
+export interface MemoryLogger extends Logger {
+  lines: string[];
+}
+
+/** Makes a logger that records lines instead of printing them. */
+export function memoryLogger(): MemoryLogger {
+  const lines: string[] = [];
+  return {
+    lines,
+    info: (message) => void lines.push(message),
+    warn: (message) => void lines.push(message),
+    error: (message, error) => void lines.push(`${message}: ${error}`),
+  };
+}
+
+/** A migrated database and a server on port 0, torn down on dispose. */
+export interface TestEnv extends AsyncDisposable {
+  url: string;
+  sql: Sql;
+  db: TestDatabase;
+  log: MemoryLogger;
+}
+
+/** Starts a server on a fresh, migrated database. */
+export async function startTestEnv(options: { origins?: string } = {}): Promise<TestEnv> {
+  const db = await createTestDatabase();
+  const sql = connect(db.url);
+  await migrate(sql);
+  const log = memoryLogger();
+  const server = await serve({
+    sql,
+    log,
+    origins: createOriginPolicy(options.origins ?? TEST_ORIGINS),
+    hostname: "127.0.0.1",
+    port: 0,
+  });
+  return {
+    url: server.url,
+    sql,
+    db,
+    log,
+    async [Symbol.asyncDispose]() {
+      await server.shutdown();
+      await sql.end();
+      await db[Symbol.asyncDispose]();
+    },
+  };
+}
+
+/** Options for a test client: the token to send and the Origin header to claim. */
+export interface ClientOptions {
+  token?: string | null;
+  origin?: string | null;
+  /** Send every call alone instead of batching. */
+  unbatched?: boolean;
+}
+
+/** A typed tRPC client for a test server. */
+export function client(env: { url: string }, options: ClientOptions = {}) {
+  const headers = () => {
+    const h: Record<string, string> = {};
+    if (options.token) h.authorization = `Bearer ${options.token}`;
+    if (options.origin) h.origin = options.origin;
+    return h;
+  };
+  const link = (options.unbatched ? httpLink : httpBatchLink)({
+    url: `${env.url}/trpc`,
+    transformer: superjson,
+    headers,
+  });
+  return createTRPCClient<AppRouter>({ links: [link] });
+}
+
+let userCounter = 0;
+
+/** Creates a user with a unique name; returns the user, its token and a client acting as it. */
+export async function signUp(env: { url: string }, options: { avatarUrl?: string | null } = {}) {
+  const username = `user_${Date.now().toString(36)}_${++userCounter}`;
+  const { user, token } = await client(env).users.create.mutate({
+    username,
+    avatarUrl: options.avatarUrl,
+  });
+  return { user, token, api: client(env, { token }) };
+}
+
+/** The tRPC error code (`"FORBIDDEN"`, ...) a call failed with, or "OK" when it did not fail. */
+export async function errorCode(call: Promise<unknown>): Promise<string> {
+  try {
+    await call;
+    return "OK";
+  } catch (error) {
+    if (error instanceof TRPCClientError) return error.data?.code ?? "UNKNOWN";
+    throw error;
+  }
+}
+
+/** The error a call failed with; fails the test when the call succeeds. */
+export async function callError(call: Promise<unknown>): Promise<TRPCClientError<AppRouter>> {
+  try {
+    await call;
+  } catch (error) {
+    if (error instanceof TRPCClientError) return error;
+    throw error;
+  }
+  throw new Error("Expected the call to fail, but it succeeded");
+}
