@@ -148,3 +148,9 @@ export async function listMembers(sql: Sql, roomId: string): Promise<Member[]> {
     order by m.joined_at, m.user_id
   `;
 }
+
+/** The room's last message seq (0 when empty); undefined when the room does not exist. */
+export async function getLastSeq(sql: Sql, roomId: string): Promise<number | undefined> {
+  const [row] = await sql<[{ lastSeq: number }?]>`select last_seq from rooms where id = ${roomId}`;
+  return row?.lastSeq;
+}

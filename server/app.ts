@@ -1,13 +1,16 @@
 /**
  * The HTTP front door: origin policy and CORS on every response, `/health`,
- * the tRPC fetch adapter at `/trpc`, request size limits and JSON 404s.
+ * tRPC at `/trpc` (HTTP through the fetch adapter, WebSocket upgrades through
+ * `ws.ts`), request size limits and JSON 404s.
  */
 import { fetchRequestHandler } from "@trpc/server/adapters/fetch";
+import { getWSConnectionHandler, type WSSHandlerOptions } from "@trpc/server/adapters/ws";
 import superjson from "superjson";
 import { ping } from "../db/mod.ts";
 import { type ContextDeps, createContext } from "./context.ts";
 import { corsHeaders, PREFLIGHT_HEADERS } from "./origin.ts";
-import { appRouter } from "./router.ts";
+import { type AppRouter, appRouter } from "./router.ts";
+import { type DenoSocket, isUpgrade, upgrade } from "./ws.ts";
 
 /** Largest request body accepted, in bytes. */
 export const MAX_BODY_BYTES = 64 * 1024;
@@ -15,23 +18,59 @@ export const MAX_BODY_BYTES = 64 * 1024;
 /** Most calls accepted in one tRPC batch. */
 export const MAX_BATCH_SIZE = 20;
 
+/** Idle time before the server pings a WebSocket client, and how long it waits for an answer. */
+export const KEEP_ALIVE = { pingMs: 30_000, pongWaitMs: 5_000 };
+
+/** The request handler and the WebSocket connections it holds. */
+export interface App {
+  /** Handles one request for `Deno.serve`. */
+  handle(req: Request): Promise<Response>;
+  /** Open WebSocket connections. */
+  readonly sockets: ReadonlySet<DenoSocket>;
+  /** Tells every WebSocket client to reconnect (tRPC's reconnect notification). */
+  reconnectAll(): void;
+}
+
 /** Builds the request handler for `Deno.serve`. */
-export function createHandler(
-  deps: ContextDeps,
-): (req: Request) => Promise<Response> {
-  return async function handle(req) {
+export function createApp(deps: ContextDeps): App {
+  const sockets = new Set<DenoSocket>();
+  const onConnection = getWSConnectionHandler({
+    router: appRouter,
+    // Only applyWSSHandler reads `wss`; we hand connections over ourselves.
+    wss: undefined as unknown as WSSHandlerOptions<AppRouter>["wss"],
+    keepAlive: { enabled: true, ...KEEP_ALIVE },
+    maxBatchSize: MAX_BATCH_SIZE,
+    createContext: ({ req, info }) =>
+      createContext(deps, {
+        req: { headers: new Headers(req.headers as Record<string, string>) },
+        info,
+      }),
+    onError({ error, path }) {
+      if (error.code === "INTERNAL_SERVER_ERROR") {
+        deps.log.error(`tRPC (WebSocket) ${path ?? "(no path)"} failed`, error.cause ?? error);
+      }
+    },
+  });
+
+  async function handle(req: Request): Promise<Response> {
     const url = new URL(req.url);
-    const isTrpc = url.pathname === "/trpc" ||
-      url.pathname.startsWith("/trpc/");
+    const isTrpc = url.pathname === "/trpc" || url.pathname.startsWith("/trpc/");
     const decision = deps.origins.check(req.headers.get("origin"));
-    // tRPC calls are refused by context creation (FORBIDDEN); everything else here.
-    if (!decision.allowed && (req.method === "OPTIONS" || !isTrpc)) {
+    const wantsSocket = isTrpc && isUpgrade(req);
+    // tRPC calls over HTTP are refused by context creation (FORBIDDEN); everything else here,
+    // WebSocket upgrades included: a refused origin never gets a 101.
+    if (!decision.allowed && (req.method === "OPTIONS" || !isTrpc || wantsSocket)) {
       deps.log.warn(`Refused origin ${decision.origin}: ${decision.reason}`);
       return json(403, {
-        error: {
-          code: "FORBIDDEN",
-          message: `Origin not allowed: ${decision.origin}`,
-        },
+        error: { code: "FORBIDDEN", message: `Origin not allowed: ${decision.origin}` },
+      });
+    }
+    if (wantsSocket) {
+      return upgrade(req, (socket, nodeReq) => {
+        sockets.add(socket);
+        socket.once("close", () => sockets.delete(socket));
+        // deno-lint-ignore no-explicit-any -- tRPC types these as Node's ws and http objects
+        onConnection(socket as any, nodeReq as any);
       });
     }
     let response: Response;
@@ -69,6 +108,15 @@ export function createHandler(
       headers.append("vary", "Origin");
     }
     return new Response(response.body, { status: response.status, headers });
+  }
+
+  return {
+    handle,
+    sockets,
+    reconnectAll() {
+      const notice = JSON.stringify({ id: null, method: "reconnect" });
+      for (const socket of sockets) socket.send(notice);
+    },
   };
 }
 

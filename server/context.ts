@@ -6,6 +6,7 @@ import { TRPCError } from "@trpc/server";
 import type { Sql } from "../db/mod.ts";
 import { findUserByTokenHash } from "../db/users.ts";
 import { hashToken, parseBearer } from "./auth.ts";
+import type { Hub } from "./hub.ts";
 import type { Logger } from "./log.ts";
 import type { OriginPolicy } from "./origin.ts";
 
@@ -14,6 +15,7 @@ export interface ContextDeps {
   sql: Sql;
   origins: OriginPolicy;
   log: Logger;
+  hub: Hub;
 }
 
 /** What tRPC hands to context creation: the request and, over WebSocket, connectionParams. */
@@ -39,7 +41,7 @@ export async function createContext(deps: ContextDeps, opts: ContextInput) {
     : parseBearer(opts.req.headers.get("authorization"));
   const tokenHash = token ? await hashToken(token) : null;
   const user = tokenHash ? (await findUserByTokenHash(deps.sql, tokenHash)) ?? null : null;
-  return { sql: deps.sql, log: deps.log, user, tokenHash };
+  return { sql: deps.sql, log: deps.log, hub: deps.hub, user, tokenHash };
 }
 
 /** The context every procedure sees. */

@@ -1,6 +1,7 @@
-/** Starts parley's HTTP server on a database that is already migrated. */
+/** Starts parley's HTTP and WebSocket server on a database that is already migrated. */
 import type { Sql } from "../db/mod.ts";
-import { createHandler } from "./app.ts";
+import { createApp } from "./app.ts";
+import { Hub } from "./hub.ts";
 import type { Logger } from "./log.ts";
 import type { OriginPolicy } from "./origin.ts";
 
@@ -19,25 +20,46 @@ export interface RunningServer {
   /** Base URL, e.g. `http://127.0.0.1:8000`. */
   url: string;
   port: number;
-  /** Stops accepting connections and waits for in-flight requests to finish. */
-  shutdown(): Promise<void>;
+  /** Open WebSocket connections. */
+  readonly connections: number;
+  /**
+   * Drains: stops accepting connections, tells WebSocket clients to reconnect,
+   * finishes in-flight requests, then closes what is left after `graceMs`.
+   */
+  shutdown(options?: { graceMs?: number }): Promise<void>;
 }
 
 /** Serves the API until `shutdown` is called. */
-export function serve(options: ServeOptions): Promise<RunningServer> {
-  const handler = createHandler(options);
-  return new Promise((resolve) => {
-    const server = Deno.serve({
-      hostname: options.hostname,
-      port: options.port,
-      onListen({ hostname, port }) {
-        const host = hostname === "0.0.0.0" || hostname === "::" ? "127.0.0.1" : hostname;
-        resolve({
-          url: `http://${host}:${port}`,
-          port,
-          shutdown: () => server.shutdown(),
-        });
-      },
-    }, (req) => handler(req));
-  });
+export async function serve(options: ServeOptions): Promise<RunningServer> {
+  const hub = new Hub(options.sql, options.log);
+  await hub.start();
+  const app = createApp({ ...options, hub });
+  const { promise: listening, resolve } = Promise.withResolvers<number>();
+  const server = Deno.serve({
+    hostname: options.hostname,
+    port: options.port,
+    onListen: ({ port }) => resolve(port),
+  }, app.handle);
+  const port = await listening;
+  const host = options.hostname === "0.0.0.0" || options.hostname === "::"
+    ? "127.0.0.1"
+    : options.hostname;
+  return {
+    url: `http://${host}:${port}`,
+    port,
+    get connections() {
+      return app.sockets.size;
+    },
+    async shutdown({ graceMs = 1000 } = {}) {
+      const finished = server.shutdown();
+      app.reconnectAll();
+      const deadline = Date.now() + graceMs;
+      while (app.sockets.size > 0 && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      for (const socket of app.sockets) socket.close(1012, "Server restarting: reconnect");
+      await finished;
+      await hub.close();
+    },
+  };
 }

@@ -2,7 +2,14 @@
  * Test helpers: each test gets its own Postgres database (created and dropped here)
  * and a real server on port 0, plus typed tRPC clients that talk to it over HTTP.
  */
-import { createTRPCClient, httpBatchLink, httpLink, TRPCClientError } from "@trpc/client";
+import {
+  createTRPCClient,
+  createWSClient,
+  httpBatchLink,
+  httpLink,
+  TRPCClientError,
+  wsLink,
+} from "@trpc/client";
 import postgres from "postgres";
 import superjson from "superjson";
 import { connect, type Sql } from "../db/mod.ts";
@@ -10,7 +17,7 @@ import { migrate } from "../db/migrate.ts";
 import type { Logger } from "../server/log.ts";
 import { createOriginPolicy } from "../server/origin.ts";
 import type { AppRouter } from "../server/router.ts";
-import { serve } from "../server/serve.ts";
+import { type RunningServer, serve } from "../server/serve.ts";
 
 /** Where tests create their databases. */
 export const TEST_DATABASE_URL = Deno.env.get("TEST_DATABASE_URL") ??
@@ -62,14 +69,17 @@ export function memoryLogger(): MemoryLogger {
 /** A migrated database and a server on port 0, torn down on dispose. */
 export interface TestEnv extends AsyncDisposable {
   url: string;
+  server: RunningServer;
   sql: Sql;
   db: TestDatabase;
   log: MemoryLogger;
 }
 
-/** Starts a server on a fresh, migrated database. */
-export async function startTestEnv(options: { origins?: string } = {}): Promise<TestEnv> {
-  const db = await createTestDatabase();
+/** Starts a server on a fresh, migrated database (or, with `db`, a second one on the same). */
+export async function startTestEnv(
+  options: { origins?: string; db?: TestDatabase } = {},
+): Promise<TestEnv> {
+  const db = options.db ?? await createTestDatabase();
   const sql = connect(db.url);
   await migrate(sql);
   const log = memoryLogger();
@@ -82,13 +92,14 @@ export async function startTestEnv(options: { origins?: string } = {}): Promise<
   });
   return {
     url: server.url,
+    server,
     sql,
     db,
     log,
     async [Symbol.asyncDispose]() {
-      await server.shutdown();
+      await server.shutdown({ graceMs: 0 });
       await sql.end();
-      await db[Symbol.asyncDispose]();
+      if (!options.db) await db[Symbol.asyncDispose]();
     },
   };
 }
@@ -149,4 +160,64 @@ export async function callError(call: Promise<unknown>): Promise<TRPCClientError
     throw error;
   }
   throw new Error("Expected the call to fail, but it succeeded");
+}
+
+/** Options for a WebSocket test client. */
+export interface WsClientOptions {
+  token?: string | null;
+  /** connectionParams to send as they are (overrides `token`). */
+  connectionParams?: Record<string, unknown>;
+  origin?: string | null;
+  /** The server to (re)connect to; a function lets a test move clients between servers. */
+  url?: () => string;
+}
+
+/** A typed tRPC client over one WebSocket, and the raw sockets it opened (to cut them in tests). */
+export function wsClient(env: { url: string }, options: WsClientOptions = {}) {
+  const sockets: WebSocket[] = [];
+  const origin = options.origin ?? null;
+  class TestSocket extends WebSocket {
+    constructor(url: string | URL, protocols?: string | string[] | WebSocketOptions) {
+      // Deno's WebSocket takes headers, which lets a test claim an Origin.
+      const list = typeof protocols === "string" || Array.isArray(protocols)
+        ? protocols
+        : undefined;
+      super(url, { protocols: list, headers: origin ? { origin } : {} });
+      sockets.push(this);
+    }
+  }
+  const connection = createWSClient({
+    url: () => `${(options.url?.() ?? env.url).replace(/^http/, "ws")}/trpc`,
+    WebSocket: TestSocket,
+    retryDelayMs: () => 50,
+    connectionParams: () =>
+      (options.connectionParams ?? (options.token ? { token: options.token } : {})) as Record<
+        string,
+        string
+      >,
+  });
+  const trpc = createTRPCClient<AppRouter>({
+    links: [wsLink({ client: connection, transformer: superjson })],
+  });
+  return {
+    trpc,
+    sockets,
+    connection,
+    async close() {
+      await connection.close();
+    },
+  };
+}
+
+/** Resolves once `predicate` holds, polling; rejects with `message` after `timeoutMs`. */
+export async function waitFor(
+  predicate: () => boolean,
+  message: string,
+  timeoutMs = 10_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`Timed out waiting: ${message}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
 }

@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { connect } from "../db/mod.ts";
 import { createOriginPolicy } from "../server/origin.ts";
-import { serve } from "../server/serve.ts";
+import { createApp } from "../server/app.ts";
+import { Hub } from "../server/hub.ts";
+import type { Sql } from "../db/mod.ts";
 import { client, errorCode, memoryLogger, startTestEnv } from "./_helpers.ts";
 
 Deno.test("plain HTTP routes", async (t) => {
@@ -36,14 +38,7 @@ Deno.test("plain HTTP routes", async (t) => {
 Deno.test("health reports 503 degraded when Postgres does not answer", async () => {
   // Nothing listens on port 1: every query fails at once.
   const sql = connect("postgres://postgres@127.0.0.1:1/none", { max: 1 });
-  const log = memoryLogger();
-  const server = await serve({
-    sql,
-    log,
-    origins: createOriginPolicy("http://localhost:3000"),
-    hostname: "127.0.0.1",
-    port: 0,
-  });
+  const server = serveApp(sql);
   try {
     const res = await fetch(`${server.url}/health`, {
       headers: { origin: "http://localhost:3000" },
@@ -66,13 +61,7 @@ Deno.test("health reports 503 when Postgres accepts but does not answer within a
     for await (const conn of listener) held.push(conn);
   })();
   const sql = connect(`postgres://postgres@127.0.0.1:${listener.addr.port}/none`, { max: 1 });
-  const server = await serve({
-    sql,
-    log: memoryLogger(),
-    origins: createOriginPolicy("http://localhost:3000"),
-    hostname: "127.0.0.1",
-    port: 0,
-  });
+  const server = serveApp(sql);
   try {
     const res = await fetch(`${server.url}/health`);
     assert.equal(res.status, 503);
@@ -85,3 +74,26 @@ Deno.test("health reports 503 when Postgres accepts but does not answer within a
     for (const conn of held) conn.close();
   }
 });
+
+/** The HTTP app alone on port 0 (no fan-out hub listening), for a database that is down. */
+function serveApp(sql: Sql) {
+  const log = memoryLogger();
+  const app = createApp({
+    sql,
+    log,
+    hub: new Hub(sql, log),
+    origins: createOriginPolicy("http://localhost:3000"),
+  });
+  const ac = new AbortController();
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen() {} },
+    app.handle,
+  );
+  return {
+    url: `http://127.0.0.1:${server.addr.port}`,
+    async shutdown() {
+      ac.abort();
+      await server.finished;
+    },
+  };
+}

@@ -1,9 +1,34 @@
 /** `messages.*`: send (idempotent on clientMessageId) and page through a room's history. */
-import { TRPCError } from "@trpc/server";
+import { tracked, TRPCError } from "@trpc/server";
 import { z } from "zod";
-import { listMessages, sendMessage } from "../../db/messages.ts";
+import { listMessages, type Message, sendMessage } from "../../db/messages.ts";
+import { getLastSeq, getMembership } from "../../db/rooms.ts";
+import { findUserByTokenHash } from "../../db/users.ts";
+import { Inbox } from "../inbox.ts";
 import { content, id, limit, seq } from "../schemas.ts";
-import { memberProcedure, router } from "../trpc.ts";
+import { authedProcedure, memberProcedure, router } from "../trpc.ts";
+
+/** Most messages a reconnecting subscriber may replay; beyond it the client must reload. */
+export const MAX_REPLAY = 1000;
+
+/** Most messages queued for one subscriber before it is told to resync. */
+const MAX_QUEUED = 10_000;
+
+const REPLAY_BATCH = 200;
+
+function resyncRequired(reason: string): TRPCError {
+  return new TRPCError({
+    code: "PRECONDITION_FAILED",
+    message: `Resync required: ${reason}; reload with messages.list and subscribe again`,
+  });
+}
+
+function notMember(): TRPCError {
+  return new TRPCError({
+    code: "FORBIDDEN",
+    message: "Not a member of this room: join it first with rooms.join",
+  });
+}
 
 /** Procedures on messages. */
 export const messagesRouter = router({
@@ -18,6 +43,8 @@ export const messagesRouter = router({
       });
       switch (result.status) {
         case "created":
+          ctx.hub.published(result.message);
+          return result.message;
         case "duplicate":
           return result.message;
         case "conflict":
@@ -27,10 +54,7 @@ export const messagesRouter = router({
               "clientMessageId was already used for another message: use a fresh id for new content",
           });
         case "not_member":
-          throw new TRPCError({
-            code: "FORBIDDEN",
-            message: "Not a member of this room: join it first with rooms.join",
-          });
+          throw notMember();
       }
     }),
 
@@ -47,5 +71,79 @@ export const messagesRouter = router({
       // seq is gap-free from 1, so older messages exist exactly when the page starts above 1.
       const nextBeforeSeq = items.length > 0 && items[0].seq > 1 ? items[0].seq : null;
       return { items, nextBeforeSeq };
+    }),
+
+  onMessage: authedProcedure
+    .input(z.object({ roomId: id, lastEventId: z.string().nullish() }))
+    .subscription(async function* ({ ctx, input, signal }) {
+      const { roomId } = input;
+      // The connection's token may have been revoked since it connected: check it again.
+      if (!(await findUserByTokenHash(ctx.sql, ctx.tokenHash))) {
+        throw new TRPCError({ code: "UNAUTHORIZED", message: "Token was revoked: sign in again" });
+      }
+      const membership = await getMembership(ctx.sql, roomId, ctx.user.id);
+      if (!membership.roomExists) {
+        throw new TRPCError({ code: "NOT_FOUND", message: `Room not found: ${roomId}` });
+      }
+      if (!membership.isMember) throw notMember();
+
+      const inbox = new Inbox<Message>(
+        MAX_QUEUED,
+        () => resyncRequired("this subscriber fell too far behind"),
+      );
+      // Listen first, then read the backlog, so nothing falls in between.
+      const unwatch = ctx.hub.watchAccess(
+        { roomId, userId: ctx.user.id, tokenHash: ctx.tokenHash },
+        (reason) =>
+          inbox.fail(
+            reason === "left"
+              ? new TRPCError({ code: "FORBIDDEN", message: "You left this room" })
+              : new TRPCError({
+                code: "UNAUTHORIZED",
+                message: "Token was revoked: sign in again",
+              }),
+          ),
+      );
+      const unsubscribe = await ctx.hub.subscribe(roomId, (message) => inbox.push(message))
+        .catch((error) => {
+          unwatch();
+          throw error;
+        });
+      try {
+        const lastSeq = (await getLastSeq(ctx.sql, roomId)) ?? 0;
+        let last = lastSeq;
+        if (input.lastEventId !== undefined && input.lastEventId !== null) {
+          const text = input.lastEventId;
+          const from = /^\d{1,15}$/.test(text) ? Number(text) : NaN;
+          if (!(from <= lastSeq)) {
+            throw resyncRequired(`lastEventId "${text.slice(0, 40)}" is not a seq of this room`);
+          }
+          if (lastSeq - from > MAX_REPLAY) {
+            throw resyncRequired(
+              `${lastSeq - from} messages were missed (replay limit ${MAX_REPLAY})`,
+            );
+          }
+          last = from;
+        }
+        while (last < lastSeq) {
+          const batch = await listMessages(ctx.sql, roomId, {
+            afterSeq: last,
+            limit: REPLAY_BATCH,
+          });
+          if (batch.length === 0) break;
+          for (const message of batch) {
+            yield tracked(String(message.seq), message);
+            last = message.seq;
+          }
+        }
+        for await (const message of inbox.drain(signal ?? new AbortController().signal)) {
+          if (message.seq <= last) continue;
+          yield tracked(String(message.seq), message);
+          last = message.seq;
+        }
+      } finally {
+        unsubscribe();
+        unwatch();
+      }
     }),
 });

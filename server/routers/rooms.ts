@@ -76,9 +76,8 @@ export const roomsRouter = router({
 
   leave: authedProcedure.input(roomInput).mutation(async ({ ctx, input }) => {
     const left = await leaveRoom(ctx.sql, input.roomId, ctx.user.id);
-    if (!left && !(await getRoom(ctx.sql, input.roomId))) {
-      throw roomNotFound(input.roomId);
-    }
+    if (left) await ctx.hub.announceLeave(input.roomId, ctx.user.id);
+    else if (!(await getRoom(ctx.sql, input.roomId))) throw roomNotFound(input.roomId);
     return { left };
   }),
 

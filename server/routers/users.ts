@@ -41,7 +41,7 @@ export const usersRouter = router({
     }),
 
   logout: authedProcedure.mutation(async ({ ctx }) => {
-    await revokeToken(ctx.sql, ctx.tokenHash);
+    if (await revokeToken(ctx.sql, ctx.tokenHash)) await ctx.hub.announceLogout(ctx.tokenHash);
     return { ok: true as const };
   }),
 });

@@ -1,0 +1,205 @@
+/**
+ * Fan-out of committed messages to this instance's subscribers, in `seq` order,
+ * exactly once, whichever instance stored them.
+ *
+ * Each watched room has a cursor: the last seq delivered to its listeners. A
+ * message sent through this instance is delivered at once when it is the next
+ * seq; anything else (a NOTIFY from another instance, a gap, a reconnect of the
+ * listening connection) makes the room catch up from Postgres in batches. Sends
+ * are announced to other instances after commit, coalesced into few NOTIFYs.
+ */
+import { listMessages, type Message } from "../db/messages.ts";
+import type { Sql } from "../db/mod.ts";
+import { ACCESS_CHANNEL, listen, MESSAGES_CHANNEL, notifyAll } from "../db/notify.ts";
+import { getLastSeq } from "../db/rooms.ts";
+import type { Logger } from "./log.ts";
+
+/** Messages fetched per round trip when a room catches up. */
+const CATCH_UP_BATCH = 500;
+
+/** Receives a room's messages in seq order. */
+export type MessageListener = (message: Message) => void;
+
+/** Who holds a subscription, to end it when their access goes away. */
+export interface Holder {
+  roomId: string;
+  userId: string;
+  tokenHash: string;
+}
+
+/** Why a holder lost access. */
+export type Revocation = "left" | "logged_out";
+
+interface RoomState {
+  cursor: number;
+  listeners: Set<MessageListener>;
+  ready: Promise<void>;
+  fetching: Promise<void> | null;
+  dirty: boolean;
+}
+
+/** The per-process fan-out hub. */
+export class Hub {
+  #sql: Sql;
+  #log: Logger;
+  #rooms = new Map<string, RoomState>();
+  #holders = new Map<Holder, (reason: Revocation) => void>();
+  #pending = new Map<string, number>();
+  #flushing: Promise<void> | null = null;
+  #unlisten: (() => Promise<void>)[] = [];
+  #closed = false;
+
+  constructor(sql: Sql, log: Logger) {
+    this.#sql = sql;
+    this.#log = log;
+  }
+
+  /** Starts listening for other instances' messages and access changes. */
+  async start(): Promise<void> {
+    this.#unlisten.push(
+      await listen(this.#sql, MESSAGES_CHANNEL, (p) => this.#onMessagesNotify(p), () => {
+        // After a (re)connect of the listening connection, anything may have been missed.
+        for (const [roomId, room] of this.#rooms) this.#catchUp(roomId, room);
+      }),
+      await listen(this.#sql, ACCESS_CHANNEL, (p) => this.#onAccessNotify(p), () => {}),
+    );
+  }
+
+  /** Stops listening and flushes pending notifications. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.#flushing;
+    await Promise.all(this.#unlisten.map((unlisten) => unlisten().catch(() => {})));
+  }
+
+  /**
+   * Registers `listener` for a room. Resolves once the room's cursor is known, with
+   * a function that unregisters it: every message committed after that point
+   * reaches the listener, in order, once.
+   */
+  async subscribe(roomId: string, listener: MessageListener): Promise<() => void> {
+    let room = this.#rooms.get(roomId);
+    if (!room) {
+      const state: RoomState = {
+        cursor: -1,
+        listeners: new Set(),
+        ready: Promise.resolve(),
+        fetching: null,
+        dirty: false,
+      };
+      state.ready = getLastSeq(this.#sql, roomId).then((lastSeq) => {
+        state.cursor = lastSeq ?? 0;
+      });
+      this.#rooms.set(roomId, room = state);
+      room.ready.catch(() => {
+        if (this.#rooms.get(roomId) === state) this.#rooms.delete(roomId);
+      });
+    }
+    room.listeners.add(listener);
+    const current = room;
+    const unsubscribe = () => {
+      current.listeners.delete(listener);
+      if (current.listeners.size === 0 && this.#rooms.get(roomId) === current) {
+        this.#rooms.delete(roomId);
+      }
+    };
+    try {
+      await current.ready;
+    } catch (error) {
+      unsubscribe();
+      throw error;
+    }
+    return unsubscribe;
+  }
+
+  /** A message this instance committed: deliver locally and announce it to other instances. */
+  published(message: Message): void {
+    const room = this.#rooms.get(message.roomId);
+    if (room && room.cursor >= 0) {
+      if (message.seq === room.cursor + 1) this.#dispatch(room, message);
+      else if (message.seq > room.cursor) this.#catchUp(message.roomId, room);
+    }
+    const known = this.#pending.get(message.roomId) ?? 0;
+    this.#pending.set(message.roomId, Math.max(known, message.seq));
+    this.#flushing ??= this.#flush();
+  }
+
+  /** Calls `onRevoke` when the holder leaves the room or their token is revoked, on any instance. */
+  watchAccess(holder: Holder, onRevoke: (reason: Revocation) => void): () => void {
+    this.#holders.set(holder, onRevoke);
+    return () => void this.#holders.delete(holder);
+  }
+
+  /** Announces that a user left a room. */
+  async announceLeave(roomId: string, userId: string): Promise<void> {
+    await notifyAll(this.#sql, ACCESS_CHANNEL, [`leave:${roomId}:${userId}`]);
+  }
+
+  /** Announces that a token was revoked. */
+  async announceLogout(tokenHash: string): Promise<void> {
+    await notifyAll(this.#sql, ACCESS_CHANNEL, [`logout:${tokenHash}`]);
+  }
+
+  #dispatch(room: RoomState, message: Message): void {
+    if (message.seq !== room.cursor + 1) return;
+    room.cursor = message.seq;
+    for (const listener of room.listeners) listener(message);
+  }
+
+  #catchUp(roomId: string, room: RoomState): void {
+    if (room.cursor < 0) return; // still starting: its cursor will be read after this commit
+    if (room.fetching) {
+      room.dirty = true;
+      return;
+    }
+    room.fetching = (async () => {
+      do {
+        room.dirty = false;
+        const batch = await listMessages(this.#sql, roomId, {
+          afterSeq: room.cursor,
+          limit: CATCH_UP_BATCH,
+        });
+        for (const message of batch) this.#dispatch(room, message);
+        if (batch.length === CATCH_UP_BATCH) room.dirty = true;
+      } while (room.dirty && this.#rooms.get(roomId) === room);
+    })().catch((error) => {
+      this.#log.error(`Cannot catch up room ${roomId}: retrying in 1s`, error);
+      setTimeout(() => this.#rooms.get(roomId) === room && this.#catchUp(roomId, room), 1000);
+    }).finally(() => {
+      room.fetching = null;
+    });
+  }
+
+  #onMessagesNotify(payload: string): void {
+    for (const item of payload.split(",")) {
+      const [roomId, seqText] = item.split(":");
+      const room = this.#rooms.get(roomId);
+      if (room && Number(seqText) > room.cursor) this.#catchUp(roomId, room);
+    }
+  }
+
+  #onAccessNotify(payload: string): void {
+    for (const item of payload.split(",")) {
+      const [kind, a, b] = item.split(":");
+      for (const [holder, onRevoke] of this.#holders) {
+        if (kind === "leave" && holder.roomId === a && holder.userId === b) onRevoke("left");
+        if (kind === "logout" && holder.tokenHash === a) onRevoke("logged_out");
+      }
+    }
+  }
+
+  async #flush(): Promise<void> {
+    try {
+      while (this.#pending.size > 0) {
+        const items = [...this.#pending].map(([roomId, seq]) => `${roomId}:${seq}`);
+        this.#pending.clear();
+        await notifyAll(this.#sql, MESSAGES_CHANNEL, items).catch((error) => {
+          // Other instances still catch up on their next notification or reconnect.
+          if (!this.#closed) this.#log.error("Cannot announce new messages", error);
+        });
+      }
+    } finally {
+      this.#flushing = null;
+    }
+  }
+}

@@ -1,0 +1,225 @@
+import assert from "node:assert/strict";
+import type { Message } from "../db/messages.ts";
+import {
+  client,
+  signUp,
+  startTestEnv,
+  TEST_ORIGINS,
+  waitFor,
+  wsClient,
+  type WsClientOptions,
+} from "./_helpers.ts";
+
+const ALLOWED_ORIGIN = "https://app.example.com";
+
+type Trpc = ReturnType<typeof wsClient>["trpc"];
+
+/** Subscribes to a room and records what arrives. */
+function watch(trpc: Trpc, roomId: string, lastEventId?: string) {
+  const seen = { messages: [] as Message[], errors: [] as string[], started: false };
+  const sub = trpc.messages.onMessage.subscribe({ roomId, lastEventId }, {
+    onStarted: () => void (seen.started = true),
+    onData: (event) => void seen.messages.push(event.data),
+    onError: (error) => void seen.errors.push(error.data?.code ?? error.message),
+  });
+  return { ...seen, seen, stop: () => sub.unsubscribe() };
+}
+
+function seqs(messages: Message[]): number[] {
+  return messages.map((m) => m.seq);
+}
+
+function range(from: number, to: number): number[] {
+  return Array.from({ length: to - from + 1 }, (_, i) => from + i);
+}
+
+/** Sends one raw HTTP/1.1 upgrade request and returns the status line. */
+async function upgradeStatus(url: string, origin: string | null): Promise<string> {
+  const { hostname, port } = new URL(url);
+  const conn = await Deno.connect({ hostname, port: Number(port) });
+  const lines = [
+    "GET /trpc HTTP/1.1",
+    `Host: ${hostname}:${port}`,
+    "Upgrade: websocket",
+    "Connection: Upgrade",
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version: 13",
+    ...(origin === null ? [] : [`Origin: ${origin}`]),
+  ];
+  await conn.write(new TextEncoder().encode(`${lines.join("\r\n")}\r\n\r\n`));
+  const buffer = new Uint8Array(4096);
+  const n = await conn.read(buffer);
+  conn.close();
+  return new TextDecoder().decode(buffer.subarray(0, n ?? 0)).split("\r\n")[0];
+}
+
+Deno.test("realtime", async (t) => {
+  await using env = await startTestEnv();
+  const alice = await signUp(env, { avatarUrl: "https://cdn.example.com/alice.png" });
+  const bob = await signUp(env, { avatarUrl: "https://cdn.example.com/bob.png" });
+  const room = await alice.api.rooms.create.mutate({ name: "Live" });
+  await bob.api.rooms.join.mutate({ roomId: room.id });
+  const open: { close(): Promise<void> }[] = [];
+  const connect = (options: WsClientOptions) => {
+    const c = wsClient(env, { origin: ALLOWED_ORIGIN, ...options });
+    open.push(c);
+    return c;
+  };
+
+  try {
+    await t.step("the upgrade refuses each refused origin with 403, never 101", async () => {
+      for (
+        const origin of [
+          "null",
+          "https://evil-app.example.com",
+          "https://app.example.com.evil.com",
+          "https://app.example.com.",
+          "https://app.example.com:8443",
+          "http://app.example.com",
+          "https://video-chat-frontend-a.b-dalkirks-projects.vercel.app",
+        ]
+      ) {
+        env.log.lines.length = 0;
+        assert.match(await upgradeStatus(env.url, origin), /^HTTP\/1.1 403/, origin);
+        assert.ok(env.log.lines.some((line) => line.includes(`Refused origin ${origin}`)), origin);
+      }
+      for (const origin of [ALLOWED_ORIGIN, "http://localhost:3000", null]) {
+        assert.match(await upgradeStatus(env.url, origin), /^HTTP\/1.1 101/, String(origin));
+      }
+      assert.ok(TEST_ORIGINS.includes(ALLOWED_ORIGIN));
+    });
+
+    await t.step("subscribing without a token or with a bad token is UNAUTHORIZED", async () => {
+      for (const options of [{}, { token: "B".repeat(43) }]) {
+        const c = connect(options);
+        const w = watch(c.trpc, room.id);
+        await waitFor(() => w.errors.length > 0, "an error");
+        assert.deepEqual(w.errors, ["UNAUTHORIZED"]);
+        assert.deepEqual(w.messages, []);
+        // Public procedures still work on that connection.
+        assert.deepEqual(await c.trpc.health.query(), { status: "ok", db: "ok" });
+      }
+    });
+
+    await t.step(
+      "a non-member is FORBIDDEN and an unknown room NOT_FOUND, with no events",
+      async () => {
+        const carol = await signUp(env);
+        const c = connect({ token: carol.token });
+        const w = watch(c.trpc, room.id);
+        const unknown = watch(c.trpc, "00000000-0000-4000-8000-000000000000");
+        await waitFor(() => w.errors.length > 0 && unknown.errors.length > 0, "two errors");
+        await alice.api.messages.send.mutate({ roomId: room.id, content: "members only" });
+        await new Promise((r) => setTimeout(r, 100));
+        assert.deepEqual([w.errors, unknown.errors], [["FORBIDDEN"], ["NOT_FOUND"]]);
+        assert.deepEqual([w.messages, unknown.messages], [[], []]);
+      },
+    );
+
+    await t.step("two members see each other's messages live, in order, with avatars", async () => {
+      const live = await alice.api.rooms.create.mutate({ name: "Duet" });
+      await bob.api.rooms.join.mutate({ roomId: live.id });
+      const a = watch(connect({ token: alice.token }).trpc, live.id);
+      const b = watch(connect({ token: bob.token }).trpc, live.id);
+      await waitFor(() => a.seen.started && b.seen.started, "both subscribed");
+      for (let i = 0; i < 10; i++) {
+        const sender = i % 2 === 0 ? alice : bob;
+        await sender.api.messages.send.mutate({ roomId: live.id, content: `turn ${i}` });
+      }
+      await waitFor(() => a.messages.length >= 10 && b.messages.length >= 10, "10 each");
+      assert.deepEqual(seqs(a.messages), range(1, 10));
+      assert.deepEqual(b.messages, a.messages);
+      assert.equal(a.messages[1].avatarUrl, "https://cdn.example.com/bob.png");
+      assert.equal(a.messages[0].avatarUrl, "https://cdn.example.com/alice.png");
+      assert.equal(b.messages[9].content, "turn 9");
+    });
+
+    await t.step("a subscriber whose socket is cut gets every message once, in order", async () => {
+      const flaky = await alice.api.rooms.create.mutate({ name: "Flaky" });
+      await bob.api.rooms.join.mutate({ roomId: flaky.id });
+      const c = connect({ token: bob.token });
+      const w = watch(c.trpc, flaky.id);
+      await waitFor(() => w.seen.started, "subscribed");
+      const sending = (async () => {
+        for (let i = 1; i <= 60; i++) {
+          await alice.api.messages.send.mutate({ roomId: flaky.id, content: `n${i}` });
+          if (i % 10 === 0) await new Promise((r) => setTimeout(r, 20));
+        }
+      })();
+      for (let cut = 0; cut < 3; cut++) {
+        await waitFor(() => w.messages.length > cut * 15 + 5, "progress before the cut");
+        c.sockets[c.sockets.length - 1].close();
+      }
+      await sending;
+      await waitFor(() => w.messages.length >= 60, "all 60 messages");
+      await new Promise((r) => setTimeout(r, 100));
+      assert.deepEqual(seqs(w.messages), range(1, 60));
+      assert.ok(c.sockets.length >= 4, `reconnected ${c.sockets.length - 1} times`);
+      assert.deepEqual(w.errors, []);
+    });
+
+    await t.step("lastEventId replays exactly what was missed, then live messages", async () => {
+      const replay = await alice.api.rooms.create.mutate({ name: "Replay" });
+      for (let i = 1; i <= 5; i++) {
+        await alice.api.messages.send.mutate({ roomId: replay.id, content: `r${i}` });
+      }
+      const w = watch(connect({ token: alice.token }).trpc, replay.id, "2");
+      await waitFor(() => w.messages.length >= 3, "replayed");
+      await alice.api.messages.send.mutate({ roomId: replay.id, content: "r6" });
+      await waitFor(() => w.messages.length >= 4, "live");
+      assert.deepEqual(seqs(w.messages), [3, 4, 5, 6]);
+      const fresh = watch(connect({ token: alice.token }).trpc, replay.id);
+      await waitFor(() => fresh.seen.started, "fresh started");
+      await alice.api.messages.send.mutate({ roomId: replay.id, content: "r7" });
+      await waitFor(() => fresh.messages.length >= 1, "fresh live");
+      assert.deepEqual(seqs(fresh.messages), [7], "without lastEventId: only new messages");
+    });
+
+    await t.step(
+      "an impossible lastEventId or a replay over 1000 is PRECONDITION_FAILED",
+      async () => {
+        const big = await alice.api.rooms.create.mutate({ name: "Backlog" });
+        await env.sql`
+        with bump as (update rooms set last_seq = 1002 where id = ${big.id})
+        insert into messages (room_id, seq, user_id, username, content)
+        select ${big.id}, s, ${alice.user.id}, 'bulk', 'm' || s from generate_series(1, 1002) s
+      `;
+        const c = connect({ token: alice.token });
+        for (const lastEventId of ["1", "5000", "-1", "abc", "1.5"]) {
+          const w = watch(c.trpc, big.id, lastEventId);
+          await waitFor(() => w.errors.length > 0, `error for ${lastEventId}`);
+          assert.deepEqual(w.errors, ["PRECONDITION_FAILED"], lastEventId);
+          assert.deepEqual(w.messages, [], lastEventId);
+        }
+        const ok = watch(c.trpc, big.id, "2");
+        await waitFor(() => ok.messages.length >= 1000, "a replay of exactly 1000");
+        assert.deepEqual(seqs(ok.messages), range(3, 1002));
+      },
+    );
+
+    await t.step("leaving the room and logging out end open subscriptions", async () => {
+      const exit = await alice.api.rooms.create.mutate({ name: "Exit" });
+      const dave = await signUp(env);
+      await dave.api.rooms.join.mutate({ roomId: exit.id });
+      const leaver = watch(connect({ token: dave.token }).trpc, exit.id);
+      const { token } = await client(env).users.create.mutate({ username: `erin_${Date.now()}` });
+      const erin = client(env, { token });
+      await erin.rooms.join.mutate({ roomId: exit.id });
+      const loggedOut = watch(connect({ token }).trpc, exit.id);
+      await waitFor(() => leaver.seen.started && loggedOut.seen.started, "both subscribed");
+      await dave.api.rooms.leave.mutate({ roomId: exit.id });
+      await erin.users.logout.mutate();
+      await waitFor(
+        () => leaver.errors.length > 0 && loggedOut.errors.length > 0,
+        "both subscriptions ended",
+        1000,
+      );
+      assert.deepEqual([leaver.errors, loggedOut.errors], [["FORBIDDEN"], ["UNAUTHORIZED"]]);
+      await alice.api.messages.send.mutate({ roomId: exit.id, content: "after they went" });
+      await new Promise((r) => setTimeout(r, 100));
+      assert.deepEqual([leaver.messages, loggedOut.messages], [[], []]);
+    });
+  } finally {
+    await Promise.all(open.map((c) => c.close()));
+  }
+});
