@@ -29,18 +29,19 @@ async function main(): Promise<void> {
   }
 
   const server = await serve({ ...config, sql, log });
+  // Registered before the "listening" line, so a SIGTERM right after it still drains.
+  Deno.addSignalListener("SIGTERM", async () => {
+    log.info("SIGTERM: draining");
+    await server.shutdown({ graceMs: 1000 });
+    await sql.end({ timeout: 1 });
+    log.info("Drained: exiting");
+    Deno.exit(0);
+  });
   log.info(
     `parley listening on http://${config.hostname}:${server.port} (origins: ${
       config.origins.rules.map((rule) => rule.source).join(", ") || "none"
     })`,
   );
-
-  Deno.addSignalListener("SIGTERM", async () => {
-    log.info("SIGTERM: draining");
-    await server.shutdown();
-    await sql.end({ timeout: 2 });
-    Deno.exit(0);
-  });
 }
 
 if (import.meta.main) await main();

@@ -1,0 +1,280 @@
+/**
+ * Startup as deployed: the Dockerfile's start command, run as a real subprocess
+ * (configuration from the environment, migrations, listening, SIGTERM).
+ */
+import assert from "node:assert/strict";
+import { client, createTestDatabase } from "./_helpers.ts";
+
+/** The repository root: the Dockerfile's WORKDIR holds the same files. */
+const ROOT = new URL("..", import.meta.url);
+
+/** How long a started server may take to print its listening line. */
+const STARTUP_TIMEOUT_MS = 30_000;
+
+/** How long the server may take to exit after SIGTERM. */
+const SIGTERM_EXIT_MS = 3_000;
+
+/** The Dockerfile's instructions, one string each: comments dropped, continuations joined. */
+async function dockerInstructions(): Promise<string[]> {
+  const text = await Deno.readTextFile(new URL("Dockerfile", ROOT));
+  const instructions: string[] = [];
+  let current = "";
+  for (const raw of text.split("\n")) {
+    const line = raw.trim();
+    if (line.startsWith("#")) continue;
+    if (line.endsWith("\\")) {
+      current += line.slice(0, -1) + " ";
+      continue;
+    }
+    current += line;
+    if (current.trim()) instructions.push(current.trim());
+    current = "";
+  }
+  if (current.trim()) instructions.push(current.trim());
+  return instructions;
+}
+
+/**
+ * The image's command line: the base image's entrypoint runs `deno` with CMD as its
+ * arguments (denoland/deno's docker-entrypoint.sh prefixes `deno` to known subcommands
+ * such as `run`), so the Dockerfile must not set its own ENTRYPOINT.
+ */
+async function dockerCommandLine(): Promise<string[]> {
+  const instructions = await dockerInstructions();
+  const named = (name: string) =>
+    instructions.filter((line) => line.split(/\s/, 1)[0].toUpperCase() === name);
+  assert.deepEqual(named("ENTRYPOINT"), [], "the Dockerfile must keep the base image's entrypoint");
+  const cmds = named("CMD");
+  assert.equal(cmds.length, 1, "the Dockerfile must have exactly one CMD instruction");
+  const args: unknown = JSON.parse(cmds[0].slice("CMD".length));
+  assert.ok(
+    Array.isArray(args) && args.every((arg) => typeof arg === "string"),
+    "CMD must be in exec form (a JSON array of strings)",
+  );
+  assert.equal(args[0], "run", "the entrypoint prefixes `deno` only to deno subcommands");
+  return ["deno", ...args];
+}
+
+/** deno.json's `tasks.start`, split into arguments. */
+async function startTask(): Promise<string[]> {
+  const config = JSON.parse(await Deno.readTextFile(new URL("deno.json", ROOT)));
+  return (config.tasks.start as string).split(" ");
+}
+
+/** Environment every spawned server gets: enough for deno to find its cache, nothing else. */
+function baseEnv(): Record<string, string> {
+  const env: Record<string, string> = { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" };
+  for (const name of ["PATH", "HOME", "DENO_DIR", "XDG_CACHE_HOME"]) {
+    const value = Deno.env.get(name);
+    if (value !== undefined) env[name] = value;
+  }
+  return env;
+}
+
+/** A server subprocess whose stdout and stderr are collected line by line. */
+interface ServerProcess extends AsyncDisposable {
+  child: Deno.ChildProcess;
+  stdout: string[];
+  stderr: string[];
+  /** Resolves with the first line of `stream` matching `pattern`; rejects on exit or timeout. */
+  waitForLine(
+    stream: "stdout" | "stderr",
+    pattern: RegExp,
+    timeoutMs?: number,
+  ): Promise<RegExpMatchArray>;
+  /** Waits for the process to exit and for both streams to be read to the end. */
+  finished(): Promise<Deno.CommandStatus>;
+}
+
+/** Spawns the Dockerfile's command line (with this Deno binary as `deno`) in the repo root. */
+async function spawnServer(env: Record<string, string>): Promise<ServerProcess> {
+  const [, ...args] = await dockerCommandLine();
+  const child = new Deno.Command(Deno.execPath(), {
+    args,
+    cwd: ROOT,
+    clearEnv: true,
+    env: { ...baseEnv(), ...env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+
+  const lines = { stdout: [] as string[], stderr: [] as string[] };
+  const listeners = new Set<() => void>();
+  const notify = () => listeners.forEach((listener) => listener());
+
+  async function collect(stream: ReadableStream<Uint8Array>, into: string[]) {
+    let pending = "";
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      const parts = (pending + chunk).split("\n");
+      pending = parts.pop()!;
+      into.push(...parts);
+      notify();
+    }
+    if (pending) into.push(pending);
+    notify();
+  }
+  const reading = Promise.all([
+    collect(child.stdout, lines.stdout),
+    collect(child.stderr, lines.stderr),
+  ]);
+  let exited = false;
+  const status = child.status.then((status) => {
+    exited = true;
+    return status;
+  });
+  let ended = false;
+  const end = Promise.all([reading, status]).then(([, status]) => {
+    ended = true;
+    return status;
+  });
+  const finished = () => end;
+  const describe = () => `stdout:\n${lines.stdout.join("\n")}\nstderr:\n${lines.stderr.join("\n")}`;
+
+  return {
+    child,
+    ...lines,
+    finished,
+    waitForLine(stream, pattern, timeoutMs = STARTUP_TIMEOUT_MS) {
+      return new Promise((resolve, reject) => {
+        const done = (settle: () => void) => {
+          clearTimeout(timer);
+          listeners.delete(check);
+          settle();
+        };
+        const check = () => {
+          for (const line of lines[stream]) {
+            const match = line.match(pattern);
+            if (match) return done(() => resolve(match));
+          }
+          if (ended) {
+            done(() =>
+              reject(new Error(`Server exited before printing ${pattern}\n${describe()}`))
+            );
+          }
+        };
+        const timer = setTimeout(
+          () => done(() => reject(new Error(`No ${pattern} within timeout\n${describe()}`))),
+          timeoutMs,
+        );
+        listeners.add(check);
+        end.then(check);
+        check();
+      });
+    },
+    async [Symbol.asyncDispose]() {
+      if (!exited) {
+        try {
+          child.kill("SIGKILL");
+        } catch {
+          // It exited between the check and the kill.
+        }
+      }
+      await finished();
+    },
+  };
+}
+
+/** Sends SIGTERM; returns the exit status, or null if the process outlived `SIGTERM_EXIT_MS`. */
+async function terminate(server: ServerProcess): Promise<Deno.CommandStatus | null> {
+  server.child.kill("SIGTERM");
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<null>((resolve) => {
+    timer = setTimeout(() => resolve(null), SIGTERM_EXIT_MS);
+  });
+  try {
+    return await Promise.race([server.finished(), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+Deno.test("the Dockerfile's CMD, run by the image's deno entrypoint, is exactly `deno task start`", async () => {
+  assert.deepEqual(await dockerCommandLine(), await startTask());
+});
+
+Deno.test(
+  "the Dockerfile's start command migrates, serves /health and a tRPC call, and exits 0 within 3s of SIGTERM",
+  async () => {
+    await using db = await createTestDatabase();
+    await using server = await spawnServer({
+      DATABASE_URL: db.url,
+      PORT: "0",
+      HOST: "127.0.0.1",
+      ALLOWED_ORIGINS: "https://app.example.com",
+    });
+
+    const [, url, origins] = await server.waitForLine(
+      "stdout",
+      /^parley listening on (http:\/\/127\.0\.0\.1:\d+) \(origins: (.*)\)$/,
+    );
+    assert.equal(origins, "https://app.example.com");
+    assert.ok(server.stdout.includes("Applied migrations: 00001_init"), server.stdout.join("\n"));
+
+    const health = await fetch(`${url}/health`);
+    assert.equal(health.status, 200);
+    assert.deepEqual(await health.json(), { status: "ok", db: "ok" });
+
+    const { user, token } = await client({ url }, { origin: "https://app.example.com" })
+      .users.create.mutate({ username: "docker_check" });
+    assert.equal(user.username, "docker_check");
+    assert.match(token, /^[A-Za-z0-9_-]{43}$/);
+
+    const status = await terminate(server);
+    assert.ok(status, `server still running ${SIGTERM_EXIT_MS} ms after SIGTERM`);
+    assert.equal(status.code, 0, server.stderr.join("\n"));
+    assert.ok(server.stdout.includes("SIGTERM: draining"));
+  },
+);
+
+Deno.test(
+  "startup with a bad PORT, no DATABASE_URL and a bad ALLOWED_ORIGINS exits 1 naming all three, without a stack trace",
+  async () => {
+    await using server = await spawnServer({
+      PORT: "abc",
+      ALLOWED_ORIGINS: "https://x.com/path",
+    });
+    const status = await server.finished();
+    const stderr = server.stderr.join("\n");
+    assert.equal(status.code, 1, stderr);
+    assert.equal(server.stderr[0], "Invalid configuration:", stderr);
+    assert.ok(server.stderr.some((line) => /^ {2}- PORT\b.*"abc"/.test(line)), stderr);
+    assert.ok(server.stderr.some((line) => /^ {2}- DATABASE_URL is required/.test(line)), stderr);
+    assert.ok(
+      server.stderr.some((line) => /^ {2}- ALLOWED_ORIGINS\b.*https:\/\/x\.com\/path/.test(line)),
+      stderr,
+    );
+    assert.doesNotMatch(stderr, /Uncaught|^\s+at /m);
+    assert.ok(!server.stdout.some((line) => line.includes("listening")));
+  },
+);
+
+Deno.test(
+  "startup without ALLOWED_ORIGINS warns on stderr that only the local dev origins are allowed",
+  async () => {
+    await using db = await createTestDatabase();
+    await using server = await spawnServer({
+      DATABASE_URL: db.url,
+      PORT: "0",
+      HOST: "127.0.0.1",
+    });
+
+    const [, url, origins] = await server.waitForLine(
+      "stdout",
+      /^parley listening on (http:\/\/127\.0\.0\.1:\d+) \(origins: (.*)\)$/,
+    );
+    assert.equal(origins, "http://localhost:3000, http://127.0.0.1:3000");
+    // Printed before the listening line, so it is due on stderr already.
+    const [warning] = await server.waitForLine(
+      "stderr",
+      /^Warning: ALLOWED_ORIGINS is not set\b.*$/,
+      2_000,
+    );
+    assert.match(warning, /allowing only http:\/\/localhost:3000,http:\/\/127\.0\.0\.1:3000$/);
+
+    // SIGTERM right after the listening line: main.ts registers its handler before printing it.
+    const status = await terminate(server);
+    assert.ok(status, `server still running ${SIGTERM_EXIT_MS} ms after SIGTERM`);
+    assert.equal(status.code, 0, server.stderr.join("\n"));
+  },
+);
