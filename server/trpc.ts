@@ -20,11 +20,9 @@ const t = initTRPC.context<Context>().create({
     const message = error.code === "INTERNAL_SERVER_ERROR"
       ? "Internal server error"
       : shape.message;
-    return {
-      ...shape,
-      message,
-      data: { ...shape.data, stack: undefined, zodIssues },
-    };
+    // Stacks stay in the server's log, never in responses.
+    const { stack: _stack, ...data } = shape.data;
+    return { ...shape, message, data: { ...data, zodIssues } };
   },
 });
 
