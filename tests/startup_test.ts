@@ -3,7 +3,8 @@
  * (configuration from the environment, migrations, listening, SIGTERM).
  */
 import assert from "node:assert/strict";
-import { client, createTestDatabase } from "./_helpers.ts";
+import type { Message } from "../db/messages.ts";
+import { client, createTestDatabase, signUp, startTestEnv, waitFor, wsClient } from "./_helpers.ts";
 
 /** The repository root: the Dockerfile's WORKDIR holds the same files. */
 const ROOT = new URL("..", import.meta.url);
@@ -276,5 +277,68 @@ Deno.test(
     const status = await terminate(server);
     assert.ok(status, `server still running ${SIGTERM_EXIT_MS} ms after SIGTERM`);
     assert.equal(status.code, 0, server.stderr.join("\n"));
+  },
+);
+
+Deno.test(
+  "on SIGTERM a server sends WebSocket clients to reconnect; they resume elsewhere with nothing lost",
+  async () => {
+    await using db = await createTestDatabase();
+    await using doomed = await spawnServer({
+      DATABASE_URL: db.url,
+      PORT: "0",
+      HOST: "127.0.0.1",
+      ALLOWED_ORIGINS: "https://app.example.com",
+    });
+    const [, doomedUrl] = await doomed.waitForLine(
+      "stdout",
+      /^parley listening on (http:\/\/127\.0\.0\.1:\d+) /,
+    );
+    // The instance that takes over, on the same database.
+    await using next = await startTestEnv({ db });
+    const alice = await signUp(next);
+    const room = await alice.api.rooms.create.mutate({ name: "Deploy" });
+
+    let target = doomedUrl;
+    const subscriber = wsClient({ url: doomedUrl }, { token: alice.token, url: () => target });
+    const received: Message[] = [];
+    const errors: string[] = [];
+    let started = false;
+    const sub = subscriber.trpc.messages.onMessage.subscribe({ roomId: room.id }, {
+      onStarted: () => void (started = true),
+      onData: (event) => void received.push(event.data),
+      onError: (error) => void errors.push(error.message),
+    });
+    try {
+      await waitFor(() => started, "subscribed on the first instance");
+      for (let i = 1; i <= 10; i++) {
+        await alice.api.messages.send.mutate({ roomId: room.id, content: `before ${i}` });
+      }
+      await waitFor(() => received.length >= 10, "10 messages through the first instance");
+
+      const sending = (async () => {
+        for (let i = 1; i <= 30; i++) {
+          await alice.api.messages.send.mutate({ roomId: room.id, content: `during ${i}` });
+          await new Promise((r) => setTimeout(r, 10));
+        }
+      })();
+      target = next.url;
+      const status = await terminate(doomed);
+      assert.ok(status, `server still running ${SIGTERM_EXIT_MS} ms after SIGTERM`);
+      assert.equal(status.code, 0, doomed.stderr.join("\n"));
+      assert.ok(doomed.stdout.includes("Drained: exiting"), doomed.stdout.join("\n"));
+      await sending;
+
+      await waitFor(() => received.length >= 40, "all 40 messages");
+      await new Promise((r) => setTimeout(r, 100));
+      assert.deepEqual(received.map((m) => m.seq), Array.from({ length: 40 }, (_, i) => i + 1));
+      assert.deepEqual(errors, []);
+      const hosts = subscriber.sockets.map((socket) => new URL(socket.url).port);
+      assert.equal(hosts[0], new URL(doomedUrl).port);
+      assert.equal(hosts.at(-1), new URL(next.url).port, "resumed on the second instance");
+    } finally {
+      sub.unsubscribe();
+      await subscriber.close();
+    }
   },
 );
