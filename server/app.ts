@@ -44,6 +44,7 @@ export function createApp(deps: ContextDeps): App {
       createContext(deps, {
         req: { headers: new Headers(req.headers as Record<string, string>) },
         info,
+        transport: "ws",
       }),
     onError({ error, path }) {
       if (error.code === "INTERNAL_SERVER_ERROR") {
@@ -66,6 +67,11 @@ export function createApp(deps: ContextDeps): App {
       });
     }
     if (wantsSocket) {
+      if (req.headers.get("sec-websocket-key") === null || req.method !== "GET") {
+        return json(400, {
+          error: { code: "BAD_REQUEST", message: "Malformed WebSocket upgrade request" },
+        });
+      }
       return upgrade(req, (socket, nodeReq) => {
         sockets.add(socket);
         socket.once("close", () => sockets.delete(socket));
@@ -143,7 +149,7 @@ async function handleTrpc(deps: ContextDeps, req: Request): Promise<Response> {
     req: request,
     router: appRouter,
     maxBatchSize: MAX_BATCH_SIZE,
-    createContext: (opts) => createContext(deps, opts),
+    createContext: (opts) => createContext(deps, { ...opts, transport: "http" }),
     onError({ error, path }) {
       if (error.code === "INTERNAL_SERVER_ERROR") {
         deps.log.error(

@@ -22,6 +22,8 @@ export interface ContextDeps {
 export interface ContextInput {
   req: { headers: Headers };
   info?: { connectionParams?: Record<string, unknown> | null };
+  /** `ws` for a WebSocket connection (one context for its lifetime), else `http`. */
+  transport: "http" | "ws";
 }
 
 /** Builds the context of one HTTP request (or one WebSocket connection). */
@@ -35,13 +37,22 @@ export async function createContext(deps: ContextDeps, opts: ContextInput) {
       message: `Origin not allowed: ${decision.origin}`,
     });
   }
-  const param = opts.info?.connectionParams?.token;
+  // Over WebSocket the token comes in connectionParams; over HTTP only in Authorization,
+  // never in the URL (tRPC would also read connectionParams from a query string).
+  const param = opts.transport === "ws" ? opts.info?.connectionParams?.token : undefined;
   const token = typeof param === "string"
     ? param
     : parseBearer(opts.req.headers.get("authorization"));
   const tokenHash = token ? await hashToken(token) : null;
   const user = tokenHash ? (await findUserByTokenHash(deps.sql, tokenHash)) ?? null : null;
-  return { sql: deps.sql, log: deps.log, hub: deps.hub, user, tokenHash };
+  return {
+    sql: deps.sql,
+    log: deps.log,
+    hub: deps.hub,
+    transport: opts.transport,
+    user,
+    tokenHash,
+  };
 }
 
 /** The context every procedure sees. */

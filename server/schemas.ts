@@ -84,4 +84,4 @@ export const content = z.string()
 export const limit = z.number().int().min(1).max(100).default(50);
 
 /** A message sequence number used as a bound. */
-export const seq = z.number().int().min(0);
+export const seq = z.number().int().min(0).max(2_147_483_647);

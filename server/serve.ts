@@ -15,6 +15,9 @@ export interface ServeOptions {
   port: number;
 }
 
+/** How long a drain waits for in-flight HTTP requests after closing WebSockets. */
+const DRAIN_REQUESTS_MS = 1000;
+
 /** A running server. */
 export interface RunningServer {
   /** Base URL, e.g. `http://127.0.0.1:8000`. */
@@ -58,7 +61,13 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
         await new Promise((r) => setTimeout(r, 20));
       }
       for (const socket of app.sockets) socket.close(1012, "Server restarting: reconnect");
-      await finished;
+      // In-flight requests get what is left of the drain window, then we go regardless.
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        finished,
+        new Promise((resolve) => timer = setTimeout(resolve, DRAIN_REQUESTS_MS)),
+      ]);
+      clearTimeout(timer);
       await hub.close();
     },
   };

@@ -4,11 +4,14 @@ import superjson from "superjson";
 import { z, ZodError } from "zod";
 import { postgres } from "../db/mod.ts";
 import { getMembership } from "../db/rooms.ts";
+import { findUserByTokenHash } from "../db/users.ts";
 import type { Context } from "./context.ts";
 import { id } from "./schemas.ts";
 
 const t = initTRPC.context<Context>().create({
   transformer: superjson,
+  // Subscriptions go over WebSocket only, where connection limits and keep-alive apply.
+  sse: { enabled: false },
   errorFormatter({ shape, error }) {
     const zodIssues = error.code === "BAD_REQUEST" && error.cause instanceof ZodError
       ? error.cause.issues.map(({ path, message, code }) => ({
@@ -46,14 +49,20 @@ export const publicProcedure = t.procedure.use(
 
 /** A caller with a valid token; `ctx.user` is the acting user, `ctx.tokenHash` their token. */
 export const authedProcedure = publicProcedure.use(
-  function isAuthed({ ctx, next }) {
-    if (!ctx.user || !ctx.tokenHash) {
+  async function isAuthed({ ctx, next }) {
+    // A WebSocket context lives as long as the connection: check its token on every call,
+    // so a logout takes effect on open connections too.
+    const user = ctx.transport === "ws" && ctx.tokenHash
+      ? await findUserByTokenHash(ctx.sql, ctx.tokenHash)
+      : ctx.user;
+    if (!user || !ctx.tokenHash) {
       throw new TRPCError({
         code: "UNAUTHORIZED",
-        message: "Authentication required: send a valid token as Authorization: Bearer <token>",
+        message: "Authentication required: send a valid token (Authorization: Bearer <token>, " +
+          "or connectionParams.token over WebSocket)",
       });
     }
-    return next({ ctx: { user: ctx.user, tokenHash: ctx.tokenHash } });
+    return next({ ctx: { user, tokenHash: ctx.tokenHash } });
   },
 );
 

@@ -30,11 +30,16 @@ export const DEFAULT_LIMITS: SocketLimits = {
 // deno-lint-ignore no-explicit-any -- listeners of several shapes share one registry
 type Listener = (...args: any[]) => void;
 
+/** How long a closing socket waits for the peer's close frame before it counts as closed. */
+const CLOSE_WAIT_MS = 3000;
+
 /** Wraps a Deno `WebSocket` in the subset of the `ws` API tRPC uses. */
 export class DenoSocket {
   #socket: WebSocket;
   #limits: SocketLimits;
   #listeners = new Map<string, Set<Listener>>();
+  #closeEmitted = false;
+  #closeTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(socket: WebSocket, limits: SocketLimits = DEFAULT_LIMITS) {
     this.#socket = socket;
@@ -43,7 +48,7 @@ export class DenoSocket {
     socket.addEventListener("error", (event) => {
       this.#emit("error", (event as ErrorEvent).error ?? new Error("WebSocket error"));
     });
-    socket.addEventListener("close", () => this.#emit("close"));
+    socket.addEventListener("close", () => this.#emitClose());
   }
 
   /** The underlying socket's state (0 connecting, 1 open, 2 closing, 3 closed). */
@@ -66,7 +71,11 @@ export class DenoSocket {
     this.#socket.send(data);
   }
 
-  /** Starts the closing handshake. */
+  /**
+   * Starts the closing handshake. A peer that never answers it (dead, or too slow to read
+   * the close frame) would hold the socket's subscriptions forever, so after
+   * `CLOSE_WAIT_MS` the socket counts as closed anyway.
+   */
   close(code?: number, reason?: string): void {
     if (this.#socket.readyState >= WebSocket.CLOSING) return;
     try {
@@ -74,6 +83,14 @@ export class DenoSocket {
     } catch {
       this.#socket.close();
     }
+    this.#closeTimer = setTimeout(() => this.#emitClose(), CLOSE_WAIT_MS);
+  }
+
+  #emitClose(): void {
+    clearTimeout(this.#closeTimer);
+    if (this.#closeEmitted) return;
+    this.#closeEmitted = true;
+    this.#emit("close");
   }
 
   /** Closes without waiting for the peer (Deno has no hard close; this is the closest). */

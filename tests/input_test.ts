@@ -159,6 +159,9 @@ Deno.test("input rules", async (t) => {
       await refused(alice.api.rooms.list.query({ limit }), `rooms limit ${limit}`);
     }
     await refused(alice.api.messages.list.query({ roomId: room.id, beforeSeq: -1 }), "beforeSeq");
+    for (const huge of [3_000_000_000, Number.MAX_SAFE_INTEGER]) {
+      await refused(alice.api.messages.list.query({ roomId: room.id, afterSeq: huge }), `${huge}`);
+    }
   });
 
   await t.step("a request body over 64 KiB is 413 and runs nothing", async () => {

@@ -219,6 +219,26 @@ Deno.test("realtime", async (t) => {
       await new Promise((r) => setTimeout(r, 100));
       assert.deepEqual([leaver.messages, loggedOut.messages], [[], []]);
     });
+
+    await t.step(
+      "after a logout, the open WebSocket connection can no longer act as the user",
+      async () => {
+        const { token } = await client(env).users.create.mutate({
+          username: `frank_${Date.now()}`,
+        });
+        const c = connect({ token });
+        const mine = await c.trpc.rooms.create.mutate({ name: "Before logout" });
+        await client(env, { token }).users.logout.mutate();
+        let code = "OK";
+        await c.trpc.messages.send.mutate({ roomId: mine.id, content: "ghost" }).catch((error) => {
+          code = error.data?.code;
+        });
+        assert.equal(code, "UNAUTHORIZED");
+        const [{ n }] = await env
+          .sql`select count(*)::int as n from messages where room_id = ${mine.id}`;
+        assert.equal(n, 0);
+      },
+    );
   } finally {
     await Promise.all(open.map((c) => c.close()));
   }

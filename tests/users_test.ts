@@ -62,6 +62,14 @@ Deno.test("users", async (t) => {
     },
   );
 
+  await t.step("a token in the URL (connectionParams over HTTP) is ignored", async () => {
+    const { token } = await signUp(env);
+    const params = encodeURIComponent(JSON.stringify({ token }));
+    const res = await fetch(`${env.url}/trpc/users.me?connectionParams=${params}`);
+    assert.equal(res.status, 401);
+    await res.body?.cancel();
+  });
+
   await t.step("users.update changes name and avatar, and null clears the avatar", async () => {
     const { api } = await signUp(env, { avatarUrl: "https://cdn.example.com/old.png" });
     const renamed = await api.users.update.mutate({ username: "Renamed User" });

@@ -43,9 +43,10 @@ export const messagesRouter = router({
       });
       switch (result.status) {
         case "created":
-          ctx.hub.published(result.message);
-          return result.message;
         case "duplicate":
+          // A retry may follow a send whose announcement was lost (crash, failed NOTIFY):
+          // publishing again is harmless, subscribers skip seqs they already have.
+          ctx.hub.published(result.message);
           return result.message;
         case "conflict":
           throw new TRPCError({
@@ -77,21 +78,12 @@ export const messagesRouter = router({
     .input(z.object({ roomId: id, lastEventId: z.string().nullish() }))
     .subscription(async function* ({ ctx, input, signal }) {
       const { roomId } = input;
-      // The connection's token may have been revoked since it connected: check it again.
-      if (!(await findUserByTokenHash(ctx.sql, ctx.tokenHash))) {
-        throw new TRPCError({ code: "UNAUTHORIZED", message: "Token was revoked: sign in again" });
-      }
-      const membership = await getMembership(ctx.sql, roomId, ctx.user.id);
-      if (!membership.roomExists) {
-        throw new TRPCError({ code: "NOT_FOUND", message: `Room not found: ${roomId}` });
-      }
-      if (!membership.isMember) throw notMember();
-
       const inbox = new Inbox<Message>(
         MAX_QUEUED,
         () => resyncRequired("this subscriber fell too far behind"),
       );
-      // Listen first, then read the backlog, so nothing falls in between.
+      // Watch for a leave or logout before checking access, so one that commits meanwhile
+      // is never missed.
       const unwatch = ctx.hub.watchAccess(
         { roomId, userId: ctx.user.id, tokenHash: ctx.tokenHash },
         (reason) =>
@@ -104,12 +96,21 @@ export const messagesRouter = router({
               }),
           ),
       );
-      const unsubscribe = await ctx.hub.subscribe(roomId, (message) => inbox.push(message))
-        .catch((error) => {
-          unwatch();
-          throw error;
-        });
+      let unsubscribe = () => {};
       try {
+        if (!(await findUserByTokenHash(ctx.sql, ctx.tokenHash))) {
+          throw new TRPCError({
+            code: "UNAUTHORIZED",
+            message: "Token was revoked: sign in again",
+          });
+        }
+        const membership = await getMembership(ctx.sql, roomId, ctx.user.id);
+        if (!membership.roomExists) {
+          throw new TRPCError({ code: "NOT_FOUND", message: `Room not found: ${roomId}` });
+        }
+        if (!membership.isMember) throw notMember();
+        // Listen first, then read the backlog, so nothing falls in between.
+        unsubscribe = await ctx.hub.subscribe(roomId, (message) => inbox.push(message));
         const lastSeq = (await getLastSeq(ctx.sql, roomId)) ?? 0;
         let last = lastSeq;
         if (input.lastEventId !== undefined && input.lastEventId !== null) {
