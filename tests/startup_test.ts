@@ -272,6 +272,9 @@ Deno.test(
       2_000,
     );
     assert.match(warning, /allowing only http:\/\/localhost:3000,http:\/\/127\.0\.0\.1:3000$/);
+    const res = await fetch(`${url}/health`, { headers: { origin: "http://localhost:3000" } });
+    assert.equal(res.headers.get("access-control-allow-origin"), "http://localhost:3000");
+    await res.body?.cancel();
 
     // SIGTERM right after the listening line: main.ts registers its handler before printing it.
     const status = await terminate(server);
