@@ -66,3 +66,28 @@ export async function revokeToken(
   `;
   return rows.length > 0;
 }
+
+/** One subscriber's claim to a room, as checked by `findRevoked`. */
+export interface AccessClaim {
+  roomId: string;
+  userId: string;
+  tokenHash: string;
+}
+
+/** The indexes of the claims whose token was revoked or whose membership is gone. */
+export async function findRevoked(sql: Sql, claims: AccessClaim[]): Promise<number[]> {
+  if (claims.length === 0) return [];
+  const rows = await sql<{ i: string }[]>`
+    select c.i - 1 as i
+    from unnest(
+      ${sql.array(claims.map((c) => c.roomId))}::uuid[],
+      ${sql.array(claims.map((c) => c.userId))}::uuid[],
+      ${sql.array(claims.map((c) => c.tokenHash))}::text[]
+    ) with ordinality as c(room_id, user_id, hash, i)
+    where not exists (
+        select 1 from room_members m where m.room_id = c.room_id and m.user_id = c.user_id
+      )
+      or not exists (select 1 from tokens t where t.hash = c.hash and t.revoked_at is null)
+  `;
+  return rows.map((row) => Number(row.i));
+}

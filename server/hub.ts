@@ -12,6 +12,7 @@ import { listMessages, type Message } from "../db/messages.ts";
 import type { Sql } from "../db/mod.ts";
 import { ACCESS_CHANNEL, listen, MESSAGES_CHANNEL, notifyAll } from "../db/notify.ts";
 import { getLastSeq } from "../db/rooms.ts";
+import { findRevoked } from "../db/users.ts";
 import type { Logger } from "./log.ts";
 
 /** Messages fetched per round trip when a room catches up. */
@@ -28,7 +29,7 @@ export interface Holder {
 }
 
 /** Why a holder lost access. */
-export type Revocation = "left" | "logged_out";
+export type Revocation = "left" | "logged_out" | "revoked";
 
 interface RoomState {
   cursor: number;
@@ -48,6 +49,7 @@ export class Hub {
   #flushing: Promise<void> | null = null;
   #unlisten: (() => Promise<void>)[] = [];
   #closed = false;
+  #timers = new Set<ReturnType<typeof setTimeout>>();
 
   constructor(sql: Sql, log: Logger) {
     this.#sql = sql;
@@ -61,13 +63,17 @@ export class Hub {
         // After a (re)connect of the listening connection, anything may have been missed.
         for (const [roomId, room] of this.#rooms) this.#catchUp(roomId, room);
       }),
-      await listen(this.#sql, ACCESS_CHANNEL, (p) => this.#onAccessNotify(p), () => {}),
+      await listen(this.#sql, ACCESS_CHANNEL, (p) => this.#onAccessNotify(p), () => {
+        // Leaves and logouts announced while the connection was down are lost: check again.
+        this.#revalidate();
+      }),
     );
   }
 
   /** Stops listening and flushes pending notifications. */
   async close(): Promise<void> {
     this.#closed = true;
+    for (const timer of this.#timers) clearTimeout(timer);
     await this.#flushing;
     await Promise.all(this.#unlisten.map((unlisten) => unlisten().catch(() => {})));
   }
@@ -164,9 +170,28 @@ export class Hub {
       } while (room.dirty && this.#rooms.get(roomId) === room);
     })().catch((error) => {
       this.#log.error(`Cannot catch up room ${roomId}: retrying in 1s`, error);
-      setTimeout(() => this.#rooms.get(roomId) === room && this.#catchUp(roomId, room), 1000);
+      this.#later(1000, () => this.#rooms.get(roomId) === room && this.#catchUp(roomId, room));
     }).finally(() => {
       room.fetching = null;
+    });
+  }
+
+  #later(ms: number, fn: () => void): void {
+    if (this.#closed) return;
+    const timer = setTimeout(() => {
+      this.#timers.delete(timer);
+      fn();
+    }, ms);
+    this.#timers.add(timer);
+  }
+
+  #revalidate(): void {
+    const holders = [...this.#holders];
+    findRevoked(this.#sql, holders.map(([holder]) => holder)).then((revoked) => {
+      for (const i of revoked) holders[i][1]("revoked");
+    }).catch((error) => {
+      this.#log.error("Cannot re-check subscribers' access: retrying in 1s", error);
+      this.#later(1000, () => this.#revalidate());
     });
   }
 

@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
+import postgres from "postgres";
 import type { Message } from "../db/messages.ts";
 import {
   client,
   signUp,
   startTestEnv,
+  TEST_DATABASE_URL,
   TEST_ORIGINS,
   waitFor,
   wsClient,
@@ -219,6 +221,32 @@ Deno.test("realtime", async (t) => {
       await new Promise((r) => setTimeout(r, 100));
       assert.deepEqual([leaver.messages, loggedOut.messages], [[], []]);
     });
+
+    await t.step(
+      "access lost while the listening connection was down ends the subscription",
+      async () => {
+        const quiet = await alice.api.rooms.create.mutate({ name: "Quiet exit" });
+        const gina = await signUp(env);
+        await gina.api.rooms.join.mutate({ roomId: quiet.id });
+        const w = watch(connect({ token: gina.token }).trpc, quiet.id);
+        await waitFor(() => w.seen.started, "subscribed");
+        // Remove the membership behind the server's back (no announcement), then drop the
+        // listening connection: on reconnect the hub must re-check who may still listen.
+        await env
+          .sql`delete from room_members where room_id = ${quiet.id} and user_id = ${gina.user.id}`;
+        const admin = postgres(TEST_DATABASE_URL, { max: 1, onnotice: () => {} });
+        try {
+          await admin`
+          select pg_terminate_backend(pid) from pg_stat_activity
+          where datname = ${env.db.name} and query ilike 'listen%'
+        `;
+        } finally {
+          await admin.end();
+        }
+        await waitFor(() => w.errors.length > 0, "the subscription ended");
+        assert.deepEqual(w.errors, ["FORBIDDEN"]);
+      },
+    );
 
     await t.step(
       "after a logout, the open WebSocket connection can no longer act as the user",

@@ -88,11 +88,11 @@ export const messagesRouter = router({
         { roomId, userId: ctx.user.id, tokenHash: ctx.tokenHash },
         (reason) =>
           inbox.fail(
-            reason === "left"
-              ? new TRPCError({ code: "FORBIDDEN", message: "You left this room" })
+            reason === "logged_out"
+              ? new TRPCError({ code: "UNAUTHORIZED", message: "Token was revoked: sign in again" })
               : new TRPCError({
-                code: "UNAUTHORIZED",
-                message: "Token was revoked: sign in again",
+                code: "FORBIDDEN",
+                message: reason === "left" ? "You left this room" : "Access to this room ended",
               }),
           ),
       );
