@@ -10,7 +10,7 @@ import { ping } from "../db/mod.ts";
 import { type ContextDeps, createContext } from "./context.ts";
 import { corsHeaders, PREFLIGHT_HEADERS } from "./origin.ts";
 import { type AppRouter, appRouter } from "./router.ts";
-import { type DenoSocket, isUpgrade, upgrade } from "./ws.ts";
+import { type DenoSocket, isUpgrade, type SocketLimits, upgrade } from "./ws.ts";
 
 /** Largest request body accepted, in bytes. */
 export const MAX_BODY_BYTES = 64 * 1024;
@@ -20,6 +20,12 @@ export const MAX_BATCH_SIZE = 20;
 
 /** Idle time before the server pings a WebSocket client, and how long it waits for an answer. */
 export const KEEP_ALIVE = { pingMs: 30_000, pongWaitMs: 5_000 };
+
+/** WebSocket tuning; the defaults suit production, tests shorten them. */
+export interface SocketOptions {
+  keepAlive?: { pingMs: number; pongWaitMs: number };
+  limits?: SocketLimits;
+}
 
 /** The request handler and the WebSocket connections it holds. */
 export interface App {
@@ -32,13 +38,13 @@ export interface App {
 }
 
 /** Builds the request handler for `Deno.serve`. */
-export function createApp(deps: ContextDeps): App {
+export function createApp(deps: ContextDeps, options: SocketOptions = {}): App {
   const sockets = new Set<DenoSocket>();
   const onConnection = getWSConnectionHandler({
     router: appRouter,
     // Only applyWSSHandler reads `wss`; we hand connections over ourselves.
     wss: undefined as unknown as WSSHandlerOptions<AppRouter>["wss"],
-    keepAlive: { enabled: true, ...KEEP_ALIVE },
+    keepAlive: { enabled: true, ...(options.keepAlive ?? KEEP_ALIVE) },
     maxBatchSize: MAX_BATCH_SIZE,
     createContext: ({ req, info }) =>
       createContext(deps, {
@@ -77,7 +83,7 @@ export function createApp(deps: ContextDeps): App {
         socket.once("close", () => sockets.delete(socket));
         // deno-lint-ignore no-explicit-any -- tRPC types these as Node's ws and http objects
         onConnection(socket as any, nodeReq as any);
-      });
+      }, options.limits);
     }
     let response: Response;
     if (req.method === "OPTIONS") {

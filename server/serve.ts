@@ -1,6 +1,6 @@
 /** Starts parley's HTTP and WebSocket server on a database that is already migrated. */
 import type { Sql } from "../db/mod.ts";
-import { createApp } from "./app.ts";
+import { createApp, type SocketOptions } from "./app.ts";
 import { Hub } from "./hub.ts";
 import type { Logger } from "./log.ts";
 import type { OriginPolicy } from "./origin.ts";
@@ -13,6 +13,8 @@ export interface ServeOptions {
   hostname: string;
   /** 0 picks a free port. */
   port: number;
+  /** WebSocket keep-alive and limits (defaults: production values). */
+  sockets?: SocketOptions;
 }
 
 /** How long a drain waits for in-flight HTTP requests after closing WebSockets. */
@@ -36,7 +38,7 @@ export interface RunningServer {
 export async function serve(options: ServeOptions): Promise<RunningServer> {
   const hub = new Hub(options.sql, options.log);
   await hub.start();
-  const app = createApp({ ...options, hub });
+  const app = createApp({ ...options, hub }, options.sockets);
   const { promise: listening, resolve } = Promise.withResolvers<number>();
   const server = Deno.serve({
     hostname: options.hostname,

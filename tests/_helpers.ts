@@ -14,6 +14,7 @@ import postgres from "postgres";
 import superjson from "superjson";
 import { connect, type Sql } from "../db/mod.ts";
 import { migrate } from "../db/migrate.ts";
+import type { SocketOptions } from "../server/app.ts";
 import type { Logger } from "../server/log.ts";
 import { createOriginPolicy } from "../server/origin.ts";
 import type { AppRouter } from "../server/router.ts";
@@ -77,7 +78,7 @@ export interface TestEnv extends AsyncDisposable {
 
 /** Starts a server on a fresh, migrated database (or, with `db`, a second one on the same). */
 export async function startTestEnv(
-  options: { origins?: string; db?: TestDatabase } = {},
+  options: { origins?: string; db?: TestDatabase; sockets?: SocketOptions } = {},
 ): Promise<TestEnv> {
   const db = options.db ?? await createTestDatabase();
   const sql = connect(db.url);
@@ -89,6 +90,7 @@ export async function startTestEnv(
     origins: createOriginPolicy(options.origins ?? TEST_ORIGINS),
     hostname: "127.0.0.1",
     port: 0,
+    sockets: options.sockets,
   });
   return {
     url: server.url,

@@ -1,0 +1,101 @@
+/** Dead and slow WebSocket clients cannot hold server resources forever. */
+import assert from "node:assert/strict";
+import { signUp, startTestEnv, waitFor } from "./_helpers.ts";
+
+/** A masked client text frame (RFC 6455), for a hand-driven WebSocket. */
+function clientFrame(text: string): Uint8Array {
+  const payload = new TextEncoder().encode(text);
+  assert.ok(payload.length < 65536);
+  const header = payload.length < 126
+    ? [0x81, 0x80 | payload.length]
+    : [0x81, 0x80 | 126, payload.length >> 8, payload.length & 255];
+  const mask = crypto.getRandomValues(new Uint8Array(4));
+  const out = new Uint8Array(header.length + 4 + payload.length);
+  out.set(header);
+  out.set(mask, header.length);
+  payload.forEach((byte, i) => out[header.length + 4 + i] = byte ^ mask[i % 4]);
+  return out;
+}
+
+Deno.test("a client that never answers keep-alive pings is dropped", async () => {
+  await using env = await startTestEnv({
+    sockets: { keepAlive: { pingMs: 200, pongWaitMs: 200 } },
+  });
+  const alice = await signUp(env);
+  const room = await alice.api.rooms.create.mutate({ name: "Ping" });
+  const socket = new WebSocket(`${env.url.replace(/^http/, "ws")}/trpc?connectionParams=1`);
+  const frames: string[] = [];
+  let closeCode = 0;
+  socket.onmessage = (event) => void frames.push(String(event.data)); // never answers "PING"
+  const closed = new Promise<void>((resolve) => {
+    socket.onclose = (event) => {
+      closeCode = event.code;
+      resolve();
+    };
+  });
+  await new Promise((resolve) => socket.onopen = resolve);
+  socket.send(JSON.stringify({ method: "connectionParams", data: { token: alice.token } }));
+  socket.send(JSON.stringify({
+    id: 1,
+    method: "subscription",
+    params: { path: "messages.onMessage", input: { json: { roomId: room.id } } },
+  }));
+  await closed;
+  assert.ok(frames.includes("PING"), "the server pinged");
+  assert.ok(frames.some((f) => f.includes('"started"')), "the subscription had started");
+  assert.equal(closeCode, 1001);
+  await waitFor(() => env.server.connections === 0, "the server released the connection");
+});
+
+Deno.test("a subscriber that stops reading is disconnected instead of buffering without bound", async () => {
+  await using env = await startTestEnv({
+    sockets: { limits: { maxFrameBytes: 64 * 1024, maxBufferedBytes: 256 * 1024 } },
+  });
+  const alice = await signUp(env);
+  const room = await alice.api.rooms.create.mutate({ name: "Firehose" });
+  const { hostname, port } = new URL(env.url);
+  const conn = await Deno.connect({ hostname, port: Number(port) });
+  try {
+    const handshake = [
+      "GET /trpc?connectionParams=1 HTTP/1.1",
+      `Host: ${hostname}:${port}`,
+      "Upgrade: websocket",
+      "Connection: Upgrade",
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+      "Sec-WebSocket-Version: 13",
+    ];
+    await conn.write(new TextEncoder().encode(`${handshake.join("\r\n")}\r\n\r\n`));
+    await conn.write(
+      clientFrame(JSON.stringify({ method: "connectionParams", data: { token: alice.token } })),
+    );
+    await conn.write(clientFrame(JSON.stringify({
+      id: 1,
+      method: "subscription",
+      params: { path: "messages.onMessage", input: { json: { roomId: room.id } } },
+    })));
+    // Read until the subscription has started, then never read again.
+    let seen = "";
+    const buffer = new Uint8Array(4096);
+    while (!seen.includes('"started"')) {
+      const n = await conn.read(buffer);
+      assert.ok(n !== null, "the server closed before the subscription started");
+      seen += new TextDecoder().decode(buffer.subarray(0, n));
+    }
+    assert.match(seen, /^HTTP\/1.1 101/);
+    assert.equal(env.server.connections, 1);
+
+    // About 12 MB of messages, far beyond what the kernel's socket buffers absorb.
+    const count = 3000;
+    await env.sql`
+      with bump as (update rooms set last_seq = ${count} where id = ${room.id})
+      insert into messages (room_id, seq, user_id, username, content)
+      select ${room.id}, s, ${alice.user.id}, 'firehose', repeat('x', 4000)
+      from generate_series(1, ${count}) s
+    `;
+    await env.sql.notify("parley_messages", `${room.id}:${count}`);
+
+    await waitFor(() => env.server.connections === 0, "the slow reader was dropped", 20_000);
+  } finally {
+    conn.close();
+  }
+});
