@@ -35,11 +35,14 @@ export interface App {
   readonly sockets: ReadonlySet<DenoSocket>;
   /** Tells every WebSocket client to reconnect (tRPC's reconnect notification). */
   reconnectAll(): void;
+  /** From now on, answers new requests and upgrades with 503 so clients go elsewhere. */
+  drain(): void;
 }
 
 /** Builds the request handler for `Deno.serve`. */
 export function createApp(deps: ContextDeps, options: SocketOptions = {}): App {
   const sockets = new Set<DenoSocket>();
+  let draining = false;
   const onConnection = getWSConnectionHandler({
     router: appRouter,
     // Only applyWSSHandler reads `wss`; we hand connections over ourselves.
@@ -60,6 +63,13 @@ export function createApp(deps: ContextDeps, options: SocketOptions = {}): App {
   });
 
   async function handle(req: Request): Promise<Response> {
+    if (draining) {
+      const response = json(503, {
+        error: { code: "SERVICE_UNAVAILABLE", message: "Server is restarting: retry shortly" },
+      });
+      response.headers.set("retry-after", "1");
+      return response;
+    }
     const url = new URL(req.url);
     const isTrpc = url.pathname === "/trpc" || url.pathname.startsWith("/trpc/");
     const decision = deps.origins.check(req.headers.get("origin"));
@@ -125,6 +135,9 @@ export function createApp(deps: ContextDeps, options: SocketOptions = {}): App {
   return {
     handle,
     sockets,
+    drain() {
+      draining = true;
+    },
     reconnectAll() {
       const notice = JSON.stringify({ id: null, method: "reconnect" });
       for (const socket of sockets) socket.send(notice);

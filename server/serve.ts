@@ -56,13 +56,16 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
       return app.sockets.size;
     },
     async shutdown({ graceMs = 1000 } = {}) {
-      const finished = server.shutdown();
+      // Refuse new work first, and tell WebSocket clients to move while their sockets are
+      // still open: Deno's own shutdown closes upgraded sockets at once (1001).
+      app.drain();
       app.reconnectAll();
       const deadline = Date.now() + graceMs;
       while (app.sockets.size > 0 && Date.now() < deadline) {
         await new Promise((r) => setTimeout(r, 20));
       }
       for (const socket of app.sockets) socket.close(1012, "Server restarting: reconnect");
+      const finished = server.shutdown();
       // In-flight requests get what is left of the drain window, then we go regardless.
       let timer: ReturnType<typeof setTimeout> | undefined;
       await Promise.race([

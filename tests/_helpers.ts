@@ -177,6 +177,7 @@ export interface WsClientOptions {
 /** A typed tRPC client over one WebSocket, and the raw sockets it opened (to cut them in tests). */
 export function wsClient(env: { url: string }, options: WsClientOptions = {}) {
   const sockets: WebSocket[] = [];
+  const closeCodes: number[] = [];
   const origin = options.origin ?? null;
   class TestSocket extends WebSocket {
     constructor(url: string | URL, protocols?: string | string[] | WebSocketOptions) {
@@ -186,6 +187,7 @@ export function wsClient(env: { url: string }, options: WsClientOptions = {}) {
         : undefined;
       super(url, { protocols: list, headers: origin ? { origin } : {} });
       sockets.push(this);
+      this.addEventListener("close", (event) => closeCodes.push(event.code));
     }
   }
   const connection = createWSClient({
@@ -204,6 +206,8 @@ export function wsClient(env: { url: string }, options: WsClientOptions = {}) {
   return {
     trpc,
     sockets,
+    /** Close codes of the sockets that closed, in order. */
+    closeCodes,
     connection,
     async close() {
       await connection.close();

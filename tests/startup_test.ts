@@ -339,6 +339,9 @@ Deno.test(
       const hosts = subscriber.sockets.map((socket) => new URL(socket.url).port);
       assert.equal(hosts[0], new URL(doomedUrl).port);
       assert.equal(hosts.at(-1), new URL(next.url).port, "resumed on the second instance");
+      // The client moved on the server's reconnect notice and closed the old socket itself
+      // (no status: 1005), rather than being cut off by the server (1001, 1006 or 1012).
+      assert.equal(subscriber.closeCodes[0], 1005, `close codes ${subscriber.closeCodes}`);
     } finally {
       sub.unsubscribe();
       await subscriber.close();
