@@ -1,0 +1,177 @@
+/**
+ * The client as a front end gets it: built by `deno task build:client`, packed and
+ * installed with npm into a strict TypeScript project, type-checked by npm's `tsc`
+ * (Node module resolution), then run under `node` against a real server.
+ */
+import assert from "node:assert/strict";
+import { buildClient, TYPESCRIPT_VERSION } from "../scripts/build_client.ts";
+import { startTestEnv } from "./_helpers.ts";
+
+async function run(cmd: string, args: string[], cwd: string, env: Record<string, string> = {}) {
+  const { code, stdout, stderr } = await new Deno.Command(cmd, { args, cwd, env }).output();
+  const out = new TextDecoder().decode(stdout);
+  return { code, out, text: out + new TextDecoder().decode(stderr) };
+}
+
+const TSCONFIG = {
+  compilerOptions: {
+    strict: true,
+    module: "nodenext",
+    moduleResolution: "nodenext",
+    target: "es2022",
+    lib: ["es2022", "dom"],
+    types: ["node"],
+    noEmit: true,
+  },
+};
+
+const GOOD = `
+import { createParleyClient, watchRoom, type Message, type Room, type RouterInputs, type User }
+  from "parley-client";
+
+const parley = createParleyClient({ url: "http://127.0.0.1:8000", token: () => null });
+const input: RouterInputs["messages"]["send"] = { roomId: "id", content: "hi" };
+
+export async function use(): Promise<void> {
+  const { user, token }: { user: User; token: string } = await parley.trpc.users.create.mutate({
+    username: "ada",
+    avatarUrl: null,
+  });
+  const room: Room = await parley.trpc.rooms.create.mutate({ name: "n", thumbnailUrl: undefined });
+  const sent: Message = await parley.trpc.messages.send.mutate(input);
+  const seq: number = sent.seq;
+  const when: Date = sent.createdAt;
+  const page = await parley.trpc.messages.list.query({ roomId: room.id, beforeSeq: seq });
+  const next: number | null = page.nextBeforeSeq;
+  const handle = watchRoom(parley, room.id, {
+    onMessages: (list: Message[]) => list.map((m) => m.avatarUrl ?? m.username[0]),
+    onStateChange: (state) => state === "live",
+  });
+  const mine: Message = await handle.send("hello");
+  console.log(user.id, token, when, next, mine.clientMessageId);
+}
+`;
+
+/** Each wrong call, with the line it is on in BAD and the tsc error expected there. */
+const BAD_LINES: [line: number, code: string, what: string][] = [
+  [5, "TS2322", "roomId given a number"],
+  [6, "TS2322", "content given a number"],
+  [7, "TS2345", "rooms.create without a name"],
+  [8, "TS2353", "an unknown input key"],
+  [10, "TS2322", "a Message's content read as a number"],
+  [11, "TS2339", "a procedure that does not exist"],
+];
+
+const BAD = `import { createParleyClient } from "parley-client";
+const parley = createParleyClient({ url: "http://127.0.0.1:8000" });
+
+export async function misuse(): Promise<void> {
+  await parley.trpc.messages.send.mutate({ roomId: 1, content: "x" });
+  await parley.trpc.messages.send.mutate({ roomId: "r", content: 42 });
+  await parley.trpc.rooms.create.mutate({});
+  await parley.trpc.users.create.mutate({ username: "a", admin: true });
+  const sent = await parley.trpc.messages.send.mutate({ roomId: "r", content: "x" });
+  const wrong: number = sent.content;
+  await parley.trpc.rooms.nope.query();
+  console.log(wrong);
+}
+`;
+
+/** Runs under node: two clients, a room, watchRoom on both, one message each way. */
+const RUN = `
+import { createParleyClient, watchRoom } from "parley-client";
+const url = process.argv[2];
+const anon = createParleyClient({ url });
+const a = await anon.trpc.users.create.mutate({ username: "node_ada", avatarUrl: "https://cdn.example.com/a.png" });
+const b = await anon.trpc.users.create.mutate({ username: "node_bob" });
+const ada = createParleyClient({ url, token: a.token });
+const bob = createParleyClient({ url, token: () => b.token });
+const room = await ada.trpc.rooms.create.mutate({ name: "From node" });
+await bob.trpc.rooms.join.mutate({ roomId: room.id });
+const seen = { ada: [], bob: [] };
+const live = (who) => new Promise((resolve) => {
+  const handle = watchRoom(who === "ada" ? ada : bob, room.id, {
+    onMessages: (list) => { seen[who] = list; },
+    onStateChange: (state) => state === "live" && resolve(handle),
+  });
+});
+const [adaRoom, bobRoom] = await Promise.all([live("ada"), live("bob")]);
+await adaRoom.send("hello from node");
+await bobRoom.send("hi ada");
+const deadline = Date.now() + 10000;
+while ((seen.ada.length < 2 || seen.bob.length < 2) && Date.now() < deadline) {
+  await new Promise((r) => setTimeout(r, 20));
+}
+adaRoom.stop();
+bobRoom.stop();
+await Promise.all([anon.close(), ada.close(), bob.close()]);
+const view = (list) => list.map((m) => [m.seq, m.username, m.avatarUrl, m.content, m.createdAt instanceof Date]);
+console.log(JSON.stringify({ ada: view(seen.ada), bob: view(seen.bob) }));
+`;
+
+Deno.test("the built client", async (t) => {
+  const work = await Deno.makeTempDir({ prefix: "parley_consumer_" });
+  try {
+    const dist = await buildClient(`${work}/dist`);
+    const pack = await run("npm", ["pack", "--pack-destination", work], dist);
+    assert.equal(pack.code, 0, pack.text);
+    const tarball = `${work}/${pack.out.trim().split("\n").at(-1)}`;
+
+    const app = `${work}/app`;
+    await Deno.mkdir(app);
+    await Deno.writeTextFile(
+      `${app}/package.json`,
+      JSON.stringify({
+        private: true,
+        type: "module",
+        dependencies: {
+          "parley-client": `file:${tarball}`,
+          typescript: TYPESCRIPT_VERSION,
+          "@types/node": "20.19.43",
+        },
+      }),
+    );
+    const install = await run("npm", ["install", "--no-audit", "--no-fund"], app);
+    assert.equal(install.code, 0, install.text);
+    await Deno.writeTextFile(`${app}/good.ts`, GOOD);
+    await Deno.writeTextFile(`${app}/bad.ts`, BAD);
+    await Deno.writeTextFile(`${app}/run.mjs`, RUN);
+    const tsc = (file: string) => {
+      const config = { ...TSCONFIG, files: [file] };
+      return Deno.writeTextFile(`${app}/tsconfig.${file}.json`, JSON.stringify(config))
+        .then(() => run(`${app}/node_modules/.bin/tsc`, ["-p", `tsconfig.${file}.json`], app));
+    };
+
+    await t.step("a strict TypeScript project that uses the client right compiles", async () => {
+      const result = await tsc("good.ts");
+      assert.equal(result.code, 0, result.text);
+    });
+
+    await t.step("calls with wrong input types fail to compile, each where it is", async () => {
+      const result = await tsc("bad.ts");
+      assert.notEqual(result.code, 0);
+      for (const [line, code, what] of BAD_LINES) {
+        assert.ok(result.text.includes(`bad.ts(${line},`) && result.text.includes(code), what);
+        assert.match(result.text, new RegExp(`bad\\.ts\\(${line},\\d+\\): error ${code}`), what);
+      }
+      const errors = result.text.match(/^bad\.ts\(\d+,\d+\): error/gm) ?? [];
+      assert.equal(errors.length, BAD_LINES.length, result.text);
+    });
+
+    await t.step("the built client runs under node against a real server", async () => {
+      await using env = await startTestEnv();
+      const node = await run("node", ["--experimental-websocket", "run.mjs", env.url], app);
+      assert.equal(node.code, 0, node.text);
+      const line = node.text.split("\n").find((l) => l.startsWith("{"));
+      assert.ok(line, node.text);
+      const seen = JSON.parse(line);
+      const expected = [
+        [1, "node_ada", "https://cdn.example.com/a.png", "hello from node", true],
+        [2, "node_bob", null, "hi ada", true],
+      ];
+      assert.deepEqual(seen, { ada: expected, bob: expected });
+    });
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
