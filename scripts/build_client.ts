@@ -50,6 +50,18 @@ async function copyTree(from: URL, to: string): Promise<void> {
   }
 }
 
+/** Bundles `client/mod.ts` and its dependencies into one browser ES module at `outFile`. */
+export async function bundleClient(outFile: string): Promise<void> {
+  await run(Deno.execPath(), [
+    "bundle",
+    "--quiet",
+    "--platform=browser",
+    "--output",
+    outFile,
+    "client/mod.ts",
+  ], ROOT);
+}
+
 /** Builds the client package into `outDir`; returns its absolute path. */
 export async function buildClient(outDir: string): Promise<string> {
   const out = await Deno.realPath(".").then((cwd) =>
@@ -59,14 +71,7 @@ export async function buildClient(outDir: string): Promise<string> {
   await Deno.mkdir(out, { recursive: true });
 
   // 1. The runtime code: one ES module with @trpc/client and superjson inside.
-  await run(Deno.execPath(), [
-    "bundle",
-    "--quiet",
-    "--platform=browser",
-    "--output",
-    `${out}/parley_client.js`,
-    "client/mod.ts",
-  ], ROOT);
+  await bundleClient(`${out}/parley_client.js`);
 
   // 2. The types: tsc over the client and the server types it imports, in a scratch
   //    npm project that has the same package versions as deno.json.
