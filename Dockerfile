@@ -7,23 +7,21 @@ FROM denoland/deno:2.9.6
 WORKDIR /app
 
 # Dependencies first, so this layer is rebuilt only when deno.json or deno.lock change.
-# Files are owned by root and only made readable: the app cannot modify itself. The npm
-# cache in $DENO_DIR (/deno-dir, owned by `deno` in the base image) is filled as `deno`,
-# so the server can still write its own cache entries there at run time.
+# deno.json sets nodeModulesDir: npm packages land in /app/node_modules, inside the one
+# folder the server may read (--allow-read=.).
 COPY deno.json deno.lock ./
-RUN chmod a+r deno.json deno.lock
-USER deno
 RUN deno install --frozen
 
-USER root
 COPY main.ts ./
 COPY server/ ./server/
 COPY db/ ./db/
-# client/ (types for front ends; the server never imports it) is left out of the image.
-RUN chmod -R a+rX /app
-USER deno
-RUN deno cache --frozen main.ts
+RUN deno cache --frozen main.ts \
+  # Files are owned by root and only readable by the server: it cannot modify itself.
+  # ./data is the only place it may write (the embedded database, when DATABASE_URL is unset).
+  && chmod -R a+rX /app \
+  && mkdir -p /app/data && chown deno:deno /app/data
 
+USER deno
 ENV PORT=8000
 EXPOSE 8000
 
@@ -35,4 +33,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
 
 # The base image's entrypoint (tini, then `deno` for subcommands such as `run`) receives
 # these arguments: together exactly deno.json's `tasks.start` (tests/startup_test.ts checks).
-CMD ["run", "--allow-net", "--allow-env", "--allow-read=.", "main.ts"]
+CMD ["run", "--allow-net", "--allow-env", "--allow-read=.", "--allow-write=./data", "main.ts"]

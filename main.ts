@@ -1,8 +1,9 @@
-/** Entry point: configuration from the environment, migrations, then the server. */
+/** Entry point: configuration from the environment, the database, migrations, the server. */
+import { startEmbedded } from "./db/embedded.ts";
 import { connect } from "./db/mod.ts";
 import { migrate } from "./db/migrate.ts";
 import { ConfigError, loadConfig } from "./server/config.ts";
-import { consoleLogger as log } from "./server/log.ts";
+import { createLogger } from "./server/log.ts";
 import { serve } from "./server/serve.ts";
 
 async function main(): Promise<void> {
@@ -14,9 +15,28 @@ async function main(): Promise<void> {
     console.error(error.message);
     Deno.exit(1);
   }
+  const log = createLogger(config.logFormat);
   for (const warning of config.warnings) log.warn(`Warning: ${warning}`);
 
-  const sql = connect(config.databaseUrl);
+  let embedded = null;
+  if (config.databaseUrl === null) {
+    try {
+      embedded = await startEmbedded(config.pgliteDir);
+    } catch (error) {
+      log.error(`Cannot start: the embedded database in ${config.pgliteDir} failed`, error);
+      Deno.exit(1);
+    }
+    log.info(`Database: embedded PGlite in ${config.pgliteDir} (DATABASE_URL is not set)`);
+    log.warn(
+      "Warning: the embedded database serves one instance; " +
+        "run several instances only against a real Postgres (DATABASE_URL)",
+    );
+  } else {
+    const { host, pathname } = new URL(config.databaseUrl);
+    log.info(`Database: Postgres at ${host}${pathname}`);
+  }
+  // pglite-socket interleaves concurrent connections' messages, so embedded gets one.
+  const sql = connect(embedded?.url ?? config.databaseUrl!, { max: embedded ? 1 : 10 });
   try {
     const applied = await migrate(sql);
     log.info(
@@ -25,15 +45,17 @@ async function main(): Promise<void> {
   } catch (error) {
     log.error("Cannot start: database migration failed", error);
     await sql.end({ timeout: 1 });
+    await embedded?.close();
     Deno.exit(1);
   }
 
-  const server = await serve({ ...config, sql, log });
+  const server = await serve({ ...config, sql, log, crossInstance: embedded === null });
   // Registered before the "listening" line, so a SIGTERM right after it still drains.
   Deno.addSignalListener("SIGTERM", async () => {
     log.info("SIGTERM: draining");
     await server.shutdown({ graceMs: 1000 });
     await sql.end({ timeout: 1 });
+    await embedded?.close();
     log.info("Drained: exiting");
     Deno.exit(0);
   });

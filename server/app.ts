@@ -77,7 +77,11 @@ export function createApp(deps: ContextDeps, options: SocketOptions = {}): App {
     // tRPC calls over HTTP are refused by context creation (FORBIDDEN); everything else here,
     // WebSocket upgrades included: a refused origin never gets a 101.
     if (!decision.allowed && (req.method === "OPTIONS" || !isTrpc || wantsSocket)) {
-      deps.log.warn(`Refused origin ${decision.origin}: ${decision.reason}`);
+      deps.log.warn(`Refused origin ${decision.origin}: ${decision.reason}`, {
+        origin: decision.origin,
+        reason: decision.reason,
+        path: url.pathname,
+      });
       return json(403, {
         error: { code: "FORBIDDEN", message: `Origin not allowed: ${decision.origin}` },
       });
@@ -88,9 +92,19 @@ export function createApp(deps: ContextDeps, options: SocketOptions = {}): App {
           error: { code: "BAD_REQUEST", message: "Malformed WebSocket upgrade request" },
         });
       }
+      const origin = decision.origin;
       return upgrade(req, (socket, nodeReq) => {
+        const opened = performance.now();
         sockets.add(socket);
-        socket.once("close", () => sockets.delete(socket));
+        deps.log.info("WebSocket opened", { origin, open: sockets.size });
+        socket.once("close", () => {
+          sockets.delete(socket);
+          deps.log.info("WebSocket closed", {
+            origin,
+            seconds: Math.round((performance.now() - opened) / 100) / 10,
+            open: sockets.size,
+          });
+        });
         // deno-lint-ignore no-explicit-any -- tRPC types these as Node's ws and http objects
         onConnection(socket as any, nodeReq as any);
       }, options.limits);

@@ -31,7 +31,10 @@ export async function createContext(deps: ContextDeps, opts: ContextInput) {
   const origin = opts.req.headers.get("origin");
   const decision = deps.origins.check(origin);
   if (!decision.allowed) {
-    deps.log.warn(`Refused origin ${decision.origin}: ${decision.reason}`);
+    deps.log.warn(`Refused origin ${decision.origin}: ${decision.reason}`, {
+      origin: decision.origin,
+      reason: decision.reason,
+    });
     throw new TRPCError({
       code: "FORBIDDEN",
       message: `Origin not allowed: ${decision.origin}`,

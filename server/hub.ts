@@ -51,13 +51,21 @@ export class Hub {
   #closed = false;
   #timers = new Set<ReturnType<typeof setTimeout>>();
 
-  constructor(sql: Sql, log: Logger) {
+  #crossInstance: boolean;
+
+  /**
+   * `crossInstance: false` (the embedded database) keeps everything in this process:
+   * no LISTEN, no NOTIFY.
+   */
+  constructor(sql: Sql, log: Logger, options: { crossInstance?: boolean } = {}) {
     this.#sql = sql;
     this.#log = log;
+    this.#crossInstance = options.crossInstance ?? true;
   }
 
   /** Starts listening for other instances' messages and access changes. */
   async start(): Promise<void> {
+    if (!this.#crossInstance) return;
     this.#unlisten.push(
       await listen(this.#sql, MESSAGES_CHANNEL, (p) => this.#onMessagesNotify(p), () => {
         // After a (re)connect of the listening connection, anything may have been missed.
@@ -127,7 +135,7 @@ export class Hub {
     }
     const known = this.#pending.get(message.roomId) ?? 0;
     this.#pending.set(message.roomId, Math.max(known, message.seq));
-    this.#flushing ??= this.#flush();
+    if (this.#crossInstance) this.#flushing ??= this.#flush();
   }
 
   /** Calls `onRevoke` when the holder leaves the room or their token is revoked, on any instance. */
@@ -138,12 +146,18 @@ export class Hub {
 
   /** Announces that a user left a room. */
   async announceLeave(roomId: string, userId: string): Promise<void> {
-    await notifyAll(this.#sql, ACCESS_CHANNEL, [`leave:${roomId}:${userId}`]);
+    await this.#announceAccess(`leave:${roomId}:${userId}`);
   }
 
   /** Announces that a token was revoked. */
   async announceLogout(tokenHash: string): Promise<void> {
-    await notifyAll(this.#sql, ACCESS_CHANNEL, [`logout:${tokenHash}`]);
+    await this.#announceAccess(`logout:${tokenHash}`);
+  }
+
+  /** Ends this instance's affected subscriptions at once, then tells the other instances. */
+  async #announceAccess(item: string): Promise<void> {
+    this.#onAccessNotify(item);
+    if (this.#crossInstance) await notifyAll(this.#sql, ACCESS_CHANNEL, [item]);
   }
 
   #dispatch(room: RoomState, message: Message): void {

@@ -1,21 +1,42 @@
-/** One-line logging for the server (text now; structured later). */
+/**
+ * One line per event: readable text in development, one JSON object per line in
+ * production (for Railway's log search).
+ */
+
+/** Extra facts about an event (request method, status, origin, ...). */
+export type LogFields = Record<string, string | number | boolean | null | undefined>;
 
 /** A sink for log lines; tests pass their own to capture or silence them. */
 export interface Logger {
-  info(message: string): void;
-  warn(message: string): void;
-  error(message: string, error?: unknown): void;
+  info(message: string, fields?: LogFields): void;
+  warn(message: string, fields?: LogFields): void;
+  error(message: string, error?: unknown, fields?: LogFields): void;
 }
 
-/** Logs to the console, one line per event. */
-export const consoleLogger: Logger = {
-  info: (message) => console.log(message),
-  warn: (message) => console.warn(message),
-  error: (message, error) =>
-    console.error(
-      error === undefined ? message : `${message}: ${describe(error)}`,
-    ),
-};
+/** Logs to stdout/stderr in the given format. */
+export function createLogger(format: "json" | "text"): Logger {
+  function write(level: "info" | "warn" | "error", message: string, fields: LogFields = {}) {
+    const line = format === "json"
+      ? JSON.stringify({ time: new Date().toISOString(), level, msg: message, ...fields })
+      : [
+        message,
+        ...Object.entries(fields)
+          .filter(([, value]) => value !== undefined && value !== null)
+          .map(([key, value]) => `${key}=${value}`),
+      ].join(" ");
+    if (level === "info") console.log(line);
+    else console.error(line);
+  }
+  return {
+    info: (message, fields) => write("info", message, fields),
+    warn: (message, fields) => write("warn", message, fields),
+    error: (message, error, fields) =>
+      write("error", message, error === undefined ? fields : { ...fields, error: describe(error) }),
+  };
+}
+
+/** Text logs to the console. */
+export const consoleLogger: Logger = createLogger("text");
 
 /** A logger that drops everything. */
 export const silentLogger: Logger = { info() {}, warn() {}, error() {} };

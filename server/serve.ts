@@ -15,6 +15,8 @@ export interface ServeOptions {
   port: number;
   /** WebSocket keep-alive and limits (defaults: production values). */
   sockets?: SocketOptions;
+  /** False for the embedded database: fan-out stays in this process (default true). */
+  crossInstance?: boolean;
 }
 
 /** How long a drain waits for in-flight HTTP requests after closing WebSockets. */
@@ -36,7 +38,7 @@ export interface RunningServer {
 
 /** Serves the API until `shutdown` is called. */
 export async function serve(options: ServeOptions): Promise<RunningServer> {
-  const hub = new Hub(options.sql, options.log);
+  const hub = new Hub(options.sql, options.log, { crossInstance: options.crossInstance });
   await hub.start();
   const app = createApp({ ...options, hub }, options.sockets);
   const { promise: listening, resolve } = Promise.withResolvers<number>();
@@ -44,7 +46,20 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     hostname: options.hostname,
     port: options.port,
     onListen: ({ port }) => resolve(port),
-  }, app.handle);
+  }, async (req) => {
+    const started = performance.now();
+    const response = await app.handle(req);
+    if (response.status !== 101) {
+      options.log.info("request", {
+        method: req.method,
+        path: new URL(req.url).pathname,
+        status: response.status,
+        ms: Math.round((performance.now() - started) * 10) / 10,
+        origin: req.headers.get("origin"),
+      });
+    }
+    return response;
+  });
   const port = await listening;
   const host = options.hostname === "0.0.0.0" || options.hostname === "::"
     ? "127.0.0.1"

@@ -12,17 +12,37 @@ import {
 } from "@trpc/client";
 import postgres from "postgres";
 import superjson from "superjson";
+import { startEmbedded } from "../db/embedded.ts";
 import { connect, type Sql } from "../db/mod.ts";
 import { migrate } from "../db/migrate.ts";
 import type { SocketOptions } from "../server/app.ts";
-import type { Logger } from "../server/log.ts";
+import type { LogFields, Logger } from "../server/log.ts";
 import { createOriginPolicy } from "../server/origin.ts";
 import type { AppRouter } from "../server/router.ts";
 import { type RunningServer, serve } from "../server/serve.ts";
 
-/** Where tests create their databases. */
-export const TEST_DATABASE_URL = Deno.env.get("TEST_DATABASE_URL") ??
-  "postgres://postgres@127.0.0.1:5432/postgres";
+/**
+ * Where tests create their databases: a real Postgres server when `TEST_DATABASE_URL` is
+ * set, else a fresh embedded PGlite per test database.
+ */
+export const TEST_DATABASE_URL = Deno.env.get("TEST_DATABASE_URL") || null;
+
+/** True when the suite runs on embedded PGlite. */
+export const EMBEDDED = TEST_DATABASE_URL === null;
+
+/** Pool size for a test database: one connection on PGlite (see db/embedded.ts). */
+export const POOL_MAX = EMBEDDED ? 1 : 10;
+
+/**
+ * For `ignore:` on tests that need a real server (several instances, LISTEN/NOTIFY,
+ * killing backends): true on embedded, after printing why the test is skipped.
+ */
+export function needsRealPostgres(what: string): boolean {
+  if (EMBEDDED) {
+    console.log(`Skipping "${what}": it needs a real Postgres server (set TEST_DATABASE_URL)`);
+  }
+  return EMBEDDED;
+}
 
 /** The allowlist test servers use unless a test passes its own. */
 export const TEST_ORIGINS =
@@ -34,8 +54,12 @@ export interface TestDatabase extends AsyncDisposable {
   name: string;
 }
 
-/** Creates an empty database with a random name next to `TEST_DATABASE_URL`. */
+/** Creates an empty database: next to `TEST_DATABASE_URL`, or an in-memory PGlite. */
 export async function createTestDatabase(): Promise<TestDatabase> {
+  if (TEST_DATABASE_URL === null) {
+    const embedded = await startEmbedded(null);
+    return { url: embedded.url, name: "postgres", [Symbol.asyncDispose]: () => embedded.close() };
+  }
   const admin = postgres(TEST_DATABASE_URL, { max: 1, onnotice: () => {} });
   const name = `parley_test_${crypto.randomUUID().replaceAll("-", "")}`;
   await admin`create database ${admin(name)}`;
@@ -53,17 +77,28 @@ export async function createTestDatabase(): Promise<TestDatabase> {
 
 /** A logger that keeps every line, for tests that check what was logged. */
 export interface MemoryLogger extends Logger {
+  /** Warnings and errors. */
   lines: string[];
+  /** Every event, info included, with its fields. */
+  events: { level: string; message: string; fields: LogFields }[];
 }
 
 /** Makes a logger that records lines instead of printing them. */
 export function memoryLogger(): MemoryLogger {
   const lines: string[] = [];
+  const events: MemoryLogger["events"] = [];
   return {
     lines,
-    info: (message) => void lines.push(message),
-    warn: (message) => void lines.push(message),
-    error: (message, error) => void lines.push(`${message}: ${error}`),
+    events,
+    info: (message, fields = {}) => void events.push({ level: "info", message, fields }),
+    warn: (message, fields = {}) => {
+      events.push({ level: "warn", message, fields });
+      lines.push(message);
+    },
+    error: (message, error, fields = {}) => {
+      events.push({ level: "error", message, fields });
+      lines.push(`${message}: ${error}`);
+    },
   };
 }
 
@@ -81,7 +116,7 @@ export async function startTestEnv(
   options: { origins?: string; db?: TestDatabase; sockets?: SocketOptions } = {},
 ): Promise<TestEnv> {
   const db = options.db ?? await createTestDatabase();
-  const sql = connect(db.url);
+  const sql = connect(db.url, { max: POOL_MAX });
   await migrate(sql);
   const log = memoryLogger();
   const server = await serve({
@@ -91,6 +126,7 @@ export async function startTestEnv(
     hostname: "127.0.0.1",
     port: 0,
     sockets: options.sockets,
+    crossInstance: !EMBEDDED,
   });
   return {
     url: server.url,

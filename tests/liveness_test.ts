@@ -92,7 +92,8 @@ Deno.test("a subscriber that stops reading is disconnected instead of buffering 
       select ${room.id}, s, ${alice.user.id}, 'firehose', repeat('x', 4000)
       from generate_series(1, ${count}) s
     `;
-    await env.sql.notify("parley_messages", `${room.id}:${count}`);
+    // One more message through the API: the server sees the gap and fans out all 3,001.
+    await alice.api.messages.send.mutate({ roomId: room.id, content: "and one more" });
 
     await waitFor(() => env.server.connections === 0, "the slow reader was dropped", 20_000);
   } finally {

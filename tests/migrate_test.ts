@@ -1,9 +1,10 @@
 import assert from "node:assert/strict";
 import { connect } from "../db/mod.ts";
 import { migrate, readMigrations } from "../db/migrate.ts";
-import { createTestDatabase } from "./_helpers.ts";
+import { createTestDatabase, needsRealPostgres } from "./_helpers.ts";
 
-Deno.test("two instances migrating one database at once apply each migration once", async () => {
+const CONCURRENT = "two instances migrating one database at once apply each migration once";
+Deno.test({ name: CONCURRENT, ignore: needsRealPostgres(CONCURRENT) }, async () => {
   await using db = await createTestDatabase();
   const a = connect(db.url, { max: 1 });
   const b = connect(db.url, { max: 1 });

@@ -66,7 +66,11 @@ Deno.test("origin policy refuses invalid allowlist entries, naming each", () => 
 });
 
 Deno.test("config applies defaults with a warning and stops on every bad value", () => {
-  const config = loadConfig({ DATABASE_URL: "postgres://postgres@127.0.0.1/x" });
+  const config = loadConfig({});
+  assert.equal(config.databaseUrl, null, "no DATABASE_URL: the embedded database");
+  assert.equal(config.pgliteDir, "./data/pglite");
+  assert.equal(config.production, false);
+  assert.equal(config.logFormat, "text");
   assert.equal(config.port, 8000);
   assert.equal(config.hostname, "0.0.0.0");
   assert.equal(config.origins.check("http://localhost:3000").allowed, true);
@@ -82,7 +86,8 @@ Deno.test("config applies defaults with a warning and stops on every bad value",
   assert.deepEqual([set.port, set.hostname, set.warnings], [9000, "127.0.0.1", []]);
 
   assert.throws(
-    () => loadConfig({ PORT: "eighty", ALLOWED_ORIGINS: "https://x.com/app" }),
+    () =>
+      loadConfig({ PORT: "eighty", ALLOWED_ORIGINS: "https://x.com/app", DENO_ENV: "production" }),
     (error: ConfigError) => {
       assert.equal(error.problems.length, 3);
       assert.match(error.message, /PORT must be an integer/);
@@ -92,6 +97,28 @@ Deno.test("config applies defaults with a warning and stops on every bad value",
     },
   );
   assert.throws(() => loadConfig({ DATABASE_URL: "mysql://x" }), /postgres:\/\//);
+  assert.throws(() => loadConfig({ LOG_FORMAT: "xml" }), /LOG_FORMAT must be json or text/);
+});
+
+Deno.test("in production an unset or empty ALLOWED_ORIGINS refuses to start, and logs are JSON", () => {
+  const db = { DATABASE_URL: "postgres://u@db.railway.internal:5432/railway" };
+  for (const production of [{ RAILWAY_ENVIRONMENT: "production" }, { DENO_ENV: "production" }]) {
+    for (const origins of [{}, { ALLOWED_ORIGINS: "" }, { ALLOWED_ORIGINS: " , " }]) {
+      assert.throws(
+        () => loadConfig({ ...db, ...production, ...origins }),
+        /ALLOWED_ORIGINS must list your front end's origins in production/,
+        JSON.stringify(origins),
+      );
+    }
+    const config = loadConfig({ ...db, ...production, ALLOWED_ORIGINS: PREVIEW });
+    assert.deepEqual([config.production, config.logFormat, config.warnings], [true, "json", []]);
+    assert.throws(
+      () => loadConfig({ ...production, ALLOWED_ORIGINS: PREVIEW }),
+      /DATABASE_URL is required in production/,
+    );
+  }
+  // Outside production an empty list is allowed (every browser refused), with a warning.
+  assert.match(loadConfig({ ALLOWED_ORIGINS: "" }).warnings.join(), /every browser origin/);
 });
 
 Deno.test("origin policy over real HTTP", async (t) => {

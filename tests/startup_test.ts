@@ -4,7 +4,16 @@
  */
 import assert from "node:assert/strict";
 import type { Message } from "../db/messages.ts";
-import { client, createTestDatabase, signUp, startTestEnv, waitFor, wsClient } from "./_helpers.ts";
+import {
+  client,
+  createTestDatabase,
+  EMBEDDED,
+  needsRealPostgres,
+  signUp,
+  startTestEnv,
+  waitFor,
+  wsClient,
+} from "./_helpers.ts";
 
 /** The repository root: the Dockerfile's WORKDIR holds the same files. */
 const ROOT = new URL("..", import.meta.url);
@@ -60,6 +69,25 @@ async function dockerCommandLine(): Promise<string[]> {
 async function startTask(): Promise<string[]> {
   const config = JSON.parse(await Deno.readTextFile(new URL("deno.json", ROOT)));
   return (config.tasks.start as string).split(" ");
+}
+
+/**
+ * The database for a spawned server: a fresh real one, or on embedded runs an embedded
+ * PGlite of its own under ./data (the only place the server may write).
+ */
+async function serverDatabase(): Promise<{ env: Record<string, string> } & AsyncDisposable> {
+  if (!EMBEDDED) {
+    const db = await createTestDatabase();
+    return {
+      env: { DATABASE_URL: db.url },
+      [Symbol.asyncDispose]: () => db[Symbol.asyncDispose](),
+    };
+  }
+  const dir = `data/test_${crypto.randomUUID().slice(0, 8)}`;
+  return {
+    env: { PGLITE_DIR: `./${dir}` },
+    [Symbol.asyncDispose]: () => Deno.remove(new URL(dir, ROOT), { recursive: true }),
+  };
 }
 
 /** Environment every spawned server gets: enough for deno to find its cache, nothing else. */
@@ -197,9 +225,9 @@ Deno.test("the Dockerfile's CMD, run by the image's deno entrypoint, is exactly 
 Deno.test(
   "the Dockerfile's start command migrates, serves /health and a tRPC call, and exits 0 within 3s of SIGTERM",
   async () => {
-    await using db = await createTestDatabase();
+    await using db = await serverDatabase();
     await using server = await spawnServer({
-      DATABASE_URL: db.url,
+      ...db.env,
       PORT: "0",
       HOST: "127.0.0.1",
       ALLOWED_ORIGINS: "https://app.example.com",
@@ -228,10 +256,86 @@ Deno.test(
   },
 );
 
+Deno.test("with LOG_FORMAT=json every log line is one JSON object with the request's facts", async () => {
+  await using db = await serverDatabase();
+  await using server = await spawnServer({
+    ...db.env,
+    PORT: "0",
+    HOST: "127.0.0.1",
+    ALLOWED_ORIGINS: "https://app.example.com",
+    LOG_FORMAT: "json",
+  });
+  const [line] = await server.waitForLine("stdout", /^\{.*"msg":"parley listening on .*\}$/);
+  const url = JSON.parse(line).msg.match(/http:\/\/127\.0\.0\.1:\d+/)[0];
+  (await fetch(`${url}/health`, { headers: { origin: "https://app.example.com" } })).body
+    ?.cancel();
+  (await fetch(`${url}/health`, { headers: { origin: "https://evil.example.com" } })).body
+    ?.cancel();
+  const socket = new WebSocket(`${url.replace("http", "ws")}/trpc`);
+  await new Promise((resolve) => socket.onopen = resolve);
+  socket.close();
+  await server.waitForLine("stdout", /"msg":"WebSocket closed"/, 5_000);
+  const status = await terminate(server);
+  assert.equal(status?.code, 0);
+
+  const events = [...server.stdout, ...server.stderr].filter((l) => l.trim()).map((l) => {
+    let event;
+    try {
+      event = JSON.parse(l);
+    } catch {
+      throw new Error(`Not a JSON log line: ${l}`);
+    }
+    assert.equal(typeof event.time, "string");
+    assert.ok(["info", "warn", "error"].includes(event.level), l);
+    return event;
+  });
+  const find = (msg: string, extra: Record<string, unknown> = {}) =>
+    events.find((e) => e.msg === msg && Object.entries(extra).every(([k, v]) => e[k] === v));
+  const request = find("request", { path: "/health", status: 200 });
+  assert.equal(request?.method, "GET");
+  assert.equal(request?.origin, "https://app.example.com");
+  assert.equal(typeof request?.ms, "number");
+  const refused = events.find((e) => e.msg.startsWith("Refused origin"));
+  assert.equal(refused?.origin, "https://evil.example.com");
+  assert.equal(refused?.reason, "not in ALLOWED_ORIGINS");
+  assert.ok(find("WebSocket opened"));
+  assert.equal(typeof find("WebSocket closed")?.seconds, "number");
+});
+
+Deno.test("the start command's permissions are enough for the server and no wider", async () => {
+  // The server itself starts and works with them (the tests above); here the same flags
+  // run a probe that tries what the server must not do.
+  const [, ...args] = await startTask();
+  assert.equal(args.at(-1), "main.ts");
+  const probe = await new Deno.Command(Deno.execPath(), {
+    args: [...args.slice(0, -1), "tests/_permission_probe.ts"],
+    cwd: ROOT,
+    clearEnv: true,
+    env: baseEnv(),
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stdout = new TextDecoder().decode(probe.stdout);
+  assert.equal(probe.code, 0, new TextDecoder().decode(probe.stderr));
+  assert.deepEqual(JSON.parse(stdout), {
+    readOwnFolder: "allowed",
+    readMigrations: "allowed",
+    writeData: "allowed",
+    readEtc: "denied",
+    readParent: "denied",
+    readHome: "denied",
+    writeOwnFolder: "denied",
+    writeTmp: "denied",
+    runProcess: "denied",
+    systemInfo: "denied",
+  });
+});
+
 Deno.test(
-  "startup with a bad PORT, no DATABASE_URL and a bad ALLOWED_ORIGINS exits 1 naming all three, without a stack trace",
+  "startup in production with a bad PORT, no DATABASE_URL and a bad ALLOWED_ORIGINS exits 1 naming all three, without a stack trace",
   async () => {
     await using server = await spawnServer({
+      DENO_ENV: "production",
       PORT: "abc",
       ALLOWED_ORIGINS: "https://x.com/path",
     });
@@ -253,9 +357,9 @@ Deno.test(
 Deno.test(
   "startup without ALLOWED_ORIGINS warns on stderr that only the local dev origins are allowed",
   async () => {
-    await using db = await createTestDatabase();
+    await using db = await serverDatabase();
     await using server = await spawnServer({
-      DATABASE_URL: db.url,
+      ...db.env,
       PORT: "0",
       HOST: "127.0.0.1",
     });
@@ -283,68 +387,67 @@ Deno.test(
   },
 );
 
-Deno.test(
-  "on SIGTERM a server sends WebSocket clients to reconnect; they resume elsewhere with nothing lost",
-  async () => {
-    await using db = await createTestDatabase();
-    await using doomed = await spawnServer({
-      DATABASE_URL: db.url,
-      PORT: "0",
-      HOST: "127.0.0.1",
-      ALLOWED_ORIGINS: "https://app.example.com",
-    });
-    const [, doomedUrl] = await doomed.waitForLine(
-      "stdout",
-      /^parley listening on (http:\/\/127\.0\.0\.1:\d+) /,
-    );
-    // The instance that takes over, on the same database.
-    await using next = await startTestEnv({ db });
-    const alice = await signUp(next);
-    const room = await alice.api.rooms.create.mutate({ name: "Deploy" });
+const DRAIN =
+  "on SIGTERM a server sends WebSocket clients to reconnect; they resume elsewhere with nothing lost";
+Deno.test({ name: DRAIN, ignore: needsRealPostgres(DRAIN) }, async () => {
+  await using db = await createTestDatabase();
+  await using doomed = await spawnServer({
+    DATABASE_URL: db.url,
+    PORT: "0",
+    HOST: "127.0.0.1",
+    ALLOWED_ORIGINS: "https://app.example.com",
+  });
+  const [, doomedUrl] = await doomed.waitForLine(
+    "stdout",
+    /^parley listening on (http:\/\/127\.0\.0\.1:\d+) /,
+  );
+  // The instance that takes over, on the same database.
+  await using next = await startTestEnv({ db });
+  const alice = await signUp(next);
+  const room = await alice.api.rooms.create.mutate({ name: "Deploy" });
 
-    let target = doomedUrl;
-    const subscriber = wsClient({ url: doomedUrl }, { token: alice.token, url: () => target });
-    const received: Message[] = [];
-    const errors: string[] = [];
-    let started = false;
-    const sub = subscriber.trpc.messages.onMessage.subscribe({ roomId: room.id }, {
-      onStarted: () => void (started = true),
-      onData: (event) => void received.push(event.data),
-      onError: (error) => void errors.push(error.message),
-    });
-    try {
-      await waitFor(() => started, "subscribed on the first instance");
-      for (let i = 1; i <= 10; i++) {
-        await alice.api.messages.send.mutate({ roomId: room.id, content: `before ${i}` });
-      }
-      await waitFor(() => received.length >= 10, "10 messages through the first instance");
-
-      const sending = (async () => {
-        for (let i = 1; i <= 30; i++) {
-          await alice.api.messages.send.mutate({ roomId: room.id, content: `during ${i}` });
-          await new Promise((r) => setTimeout(r, 10));
-        }
-      })();
-      target = next.url;
-      const status = await terminate(doomed);
-      assert.ok(status, `server still running ${SIGTERM_EXIT_MS} ms after SIGTERM`);
-      assert.equal(status.code, 0, doomed.stderr.join("\n"));
-      assert.ok(doomed.stdout.includes("Drained: exiting"), doomed.stdout.join("\n"));
-      await sending;
-
-      await waitFor(() => received.length >= 40, "all 40 messages");
-      await new Promise((r) => setTimeout(r, 100));
-      assert.deepEqual(received.map((m) => m.seq), Array.from({ length: 40 }, (_, i) => i + 1));
-      assert.deepEqual(errors, []);
-      const hosts = subscriber.sockets.map((socket) => new URL(socket.url).port);
-      assert.equal(hosts[0], new URL(doomedUrl).port);
-      assert.equal(hosts.at(-1), new URL(next.url).port, "resumed on the second instance");
-      // The client moved on the server's reconnect notice and closed the old socket itself
-      // (no status: 1005), rather than being cut off by the server (1001, 1006 or 1012).
-      assert.equal(subscriber.closeCodes[0], 1005, `close codes ${subscriber.closeCodes}`);
-    } finally {
-      sub.unsubscribe();
-      await subscriber.close();
+  let target = doomedUrl;
+  const subscriber = wsClient({ url: doomedUrl }, { token: alice.token, url: () => target });
+  const received: Message[] = [];
+  const errors: string[] = [];
+  let started = false;
+  const sub = subscriber.trpc.messages.onMessage.subscribe({ roomId: room.id }, {
+    onStarted: () => void (started = true),
+    onData: (event) => void received.push(event.data),
+    onError: (error) => void errors.push(error.message),
+  });
+  try {
+    await waitFor(() => started, "subscribed on the first instance");
+    for (let i = 1; i <= 10; i++) {
+      await alice.api.messages.send.mutate({ roomId: room.id, content: `before ${i}` });
     }
-  },
-);
+    await waitFor(() => received.length >= 10, "10 messages through the first instance");
+
+    const sending = (async () => {
+      for (let i = 1; i <= 30; i++) {
+        await alice.api.messages.send.mutate({ roomId: room.id, content: `during ${i}` });
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    })();
+    target = next.url;
+    const status = await terminate(doomed);
+    assert.ok(status, `server still running ${SIGTERM_EXIT_MS} ms after SIGTERM`);
+    assert.equal(status.code, 0, doomed.stderr.join("\n"));
+    assert.ok(doomed.stdout.includes("Drained: exiting"), doomed.stdout.join("\n"));
+    await sending;
+
+    await waitFor(() => received.length >= 40, "all 40 messages");
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(received.map((m) => m.seq), Array.from({ length: 40 }, (_, i) => i + 1));
+    assert.deepEqual(errors, []);
+    const hosts = subscriber.sockets.map((socket) => new URL(socket.url).port);
+    assert.equal(hosts[0], new URL(doomedUrl).port);
+    assert.equal(hosts.at(-1), new URL(next.url).port, "resumed on the second instance");
+    // The client moved on the server's reconnect notice and closed the old socket itself
+    // (no status: 1005), rather than being cut off by the server (1001, 1006 or 1012).
+    assert.equal(subscriber.closeCodes[0], 1005, `close codes ${subscriber.closeCodes}`);
+  } finally {
+    sub.unsubscribe();
+    await subscriber.close();
+  }
+});

@@ -76,7 +76,9 @@ export const messagesRouter = router({
 
   onMessage: authedProcedure
     .input(z.object({ roomId: id, lastEventId: z.string().nullish() }))
-    .subscription(async function* ({ ctx, input, signal }) {
+    .subscription(async ({ ctx, input, signal }) => {
+      // Access checks and registration with the hub happen here, before tRPC answers
+      // "started": a client that sends right after onStarted is already being listened to.
       const { roomId } = input;
       const inbox = new Inbox<Message>(
         MAX_QUEUED,
@@ -97,6 +99,14 @@ export const messagesRouter = router({
           ),
       );
       let unsubscribe = () => {};
+      const release = () => {
+        unsubscribe();
+        unwatch();
+      };
+      // A client may go away before the stream is first read; its finally would never run.
+      signal?.addEventListener("abort", release, { once: true });
+      let from: number;
+      let lastSeq: number;
       try {
         if (!(await findUserByTokenHash(ctx.sql, ctx.tokenHash))) {
           throw new TRPCError({
@@ -111,11 +121,11 @@ export const messagesRouter = router({
         if (!membership.isMember) throw notMember();
         // Listen first, then read the backlog, so nothing falls in between.
         unsubscribe = await ctx.hub.subscribe(roomId, (message) => inbox.push(message));
-        const lastSeq = (await getLastSeq(ctx.sql, roomId)) ?? 0;
-        let last = lastSeq;
+        lastSeq = (await getLastSeq(ctx.sql, roomId)) ?? 0;
+        from = lastSeq;
         if (input.lastEventId !== undefined && input.lastEventId !== null) {
           const text = input.lastEventId;
-          const from = /^\d{1,15}$/.test(text) ? Number(text) : NaN;
+          from = /^\d{1,15}$/.test(text) ? Number(text) : NaN;
           if (!(from <= lastSeq)) {
             throw resyncRequired(`lastEventId "${text.slice(0, 40)}" is not a seq of this room`);
           }
@@ -124,27 +134,34 @@ export const messagesRouter = router({
               `${lastSeq - from} messages were missed (replay limit ${MAX_REPLAY})`,
             );
           }
-          last = from;
         }
-        while (last < lastSeq) {
-          const batch = await listMessages(ctx.sql, roomId, {
-            afterSeq: last,
-            limit: REPLAY_BATCH,
-          });
-          if (batch.length === 0) break;
-          for (const message of batch) {
+      } catch (error) {
+        release();
+        throw error;
+      }
+
+      return (async function* () {
+        try {
+          let last = from;
+          while (last < lastSeq) {
+            const batch = await listMessages(ctx.sql, roomId, {
+              afterSeq: last,
+              limit: REPLAY_BATCH,
+            });
+            if (batch.length === 0) break;
+            for (const message of batch) {
+              yield tracked(String(message.seq), message);
+              last = message.seq;
+            }
+          }
+          for await (const message of inbox.drain(signal ?? new AbortController().signal)) {
+            if (message.seq <= last) continue;
             yield tracked(String(message.seq), message);
             last = message.seq;
           }
+        } finally {
+          release();
         }
-        for await (const message of inbox.drain(signal ?? new AbortController().signal)) {
-          if (message.seq <= last) continue;
-          yield tracked(String(message.seq), message);
-          last = message.seq;
-        }
-      } finally {
-        unsubscribe();
-        unwatch();
-      }
+      })();
     }),
 });
