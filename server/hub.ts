@@ -138,6 +138,13 @@ export class Hub {
     if (this.#crossInstance) this.#flushing ??= this.#flush();
   }
 
+  /** What the hub holds: watched rooms, message listeners, access watchers. */
+  stats(): { rooms: number; listeners: number; holders: number } {
+    let listeners = 0;
+    for (const room of this.#rooms.values()) listeners += room.listeners.size;
+    return { rooms: this.#rooms.size, listeners, holders: this.#holders.size };
+  }
+
   /** Calls `onRevoke` when the holder leaves the room or their token is revoked, on any instance. */
   watchAccess(holder: Holder, onRevoke: (reason: Revocation) => void): () => void {
     this.#holders.set(holder, onRevoke);

@@ -1,8 +1,13 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import type { Message } from "../db/messages.ts";
+import { hashToken } from "../server/auth.ts";
+import { Hub } from "../server/hub.ts";
+import { appRouter } from "../server/router.ts";
+import { createCallerFactory } from "../server/trpc.ts";
 import {
   client,
+  memoryLogger,
   needsRealPostgres,
   signUp,
   startTestEnv,
@@ -273,4 +278,46 @@ Deno.test("realtime", async (t) => {
   } finally {
     await Promise.all(open.map((c) => c.close()));
   }
+});
+
+Deno.test("a subscription cancelled during setup or before it is read leaves nothing behind", async () => {
+  await using env = await startTestEnv();
+  const alice = await signUp(env);
+  const room = await alice.api.rooms.create.mutate({ name: "Fleeting" });
+  const log = memoryLogger();
+  const hub = new Hub(env.sql, log, { crossInstance: false });
+  const context = {
+    sql: env.sql,
+    log,
+    hub,
+    transport: "ws" as const,
+    user: alice.user,
+    tokenHash: await hashToken(alice.token),
+  };
+  const callerFor = (signal: AbortSignal) => createCallerFactory(appRouter)(context, { signal });
+  // Abort at different points of setup (before, during and after its queries), then do what
+  // tRPC does with a stream nobody read: return() it.
+  for (const ticks of [0, 1, 2, 3, 5, 8, 13, 21, 50, 100]) {
+    const ac = new AbortController();
+    const subscribing = callerFor(ac.signal).messages.onMessage({ roomId: room.id });
+    for (let i = 0; i < ticks; i++) await new Promise((r) => setTimeout(r, 0));
+    ac.abort();
+    try {
+      const stream = await subscribing;
+      await stream[Symbol.asyncIterator]().return?.();
+    } catch {
+      // Cancelled during setup.
+    }
+  }
+  // One that is read and then stopped normally.
+  const ac = new AbortController();
+  const stream = await callerFor(ac.signal).messages.onMessage({ roomId: room.id });
+  const reading = stream[Symbol.asyncIterator]().next();
+  const sent = await alice.api.messages.send.mutate({ roomId: room.id, content: "one" });
+  hub.published(sent); // this hub is not the server's: hand it the message
+  const first = await reading;
+  assert.equal((first.value as unknown as [string, Message])[1].content, "one");
+  ac.abort();
+  await stream[Symbol.asyncIterator]().return?.();
+  assert.deepEqual(hub.stats(), { rooms: 0, listeners: 0, holders: 0 });
 });

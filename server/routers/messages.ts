@@ -98,13 +98,22 @@ export const messagesRouter = router({
               }),
           ),
       );
+      let released = false;
       let unsubscribe = () => {};
       const release = () => {
+        released = true;
         unsubscribe();
         unwatch();
       };
-      // A client may go away before the stream is first read; its finally would never run.
+      // The client may go away during setup, or before the stream is first read (then the
+      // generator's finally never runs): release on abort, and after every await below.
       signal?.addEventListener("abort", release, { once: true });
+      const stillWanted = () => {
+        if (released || signal?.aborted) {
+          release();
+          throw new TRPCError({ code: "CLIENT_CLOSED_REQUEST", message: "Subscription cancelled" });
+        }
+      };
       let from: number;
       let lastSeq: number;
       try {
@@ -120,7 +129,9 @@ export const messagesRouter = router({
         }
         if (!membership.isMember) throw notMember();
         // Listen first, then read the backlog, so nothing falls in between.
+        stillWanted();
         unsubscribe = await ctx.hub.subscribe(roomId, (message) => inbox.push(message));
+        stillWanted();
         lastSeq = (await getLastSeq(ctx.sql, roomId)) ?? 0;
         from = lastSeq;
         if (input.lastEventId !== undefined && input.lastEventId !== null) {
@@ -140,7 +151,8 @@ export const messagesRouter = router({
         throw error;
       }
 
-      return (async function* () {
+      stillWanted();
+      const stream = (async function* () {
         try {
           let last = from;
           while (last < lastSeq) {
@@ -163,5 +175,18 @@ export const messagesRouter = router({
           release();
         }
       })();
+      // return() on a stream never read skips the generator's finally: release here too.
+      type Item = typeof stream extends AsyncGenerator<infer T> ? T : never;
+      const wrapped: AsyncIterableIterator<Item> = {
+        [Symbol.asyncIterator]() {
+          return this;
+        },
+        next: () => stream.next(),
+        return: (value?: unknown) => {
+          release();
+          return stream.return(value as never);
+        },
+      };
+      return wrapped;
     }),
 });
