@@ -54,7 +54,7 @@ async function main(): Promise<void> {
   Deno.addSignalListener("SIGTERM", async () => {
     log.info("SIGTERM: draining");
     await server.shutdown({ graceMs: 1000 });
-    await sql.end({ timeout: 1 });
+    await sql.end({ timeout: 0.5 });
     await embedded?.close();
     log.info("Drained: exiting");
     Deno.exit(0);

@@ -41,13 +41,18 @@ export function watchRoom(
   const { trpc } = parley;
   const pageSize = options.pageSize ?? 50;
   let messages: Message[] = [];
-  let nextBeforeSeq: number | null = null;
   let state: RoomState | null = null;
   let stopped = false;
   let subscription: { unsubscribe(): void } | null = null;
   let wasLive = false;
+  let loaded = false;
+  /** Bumped by every (re)load, so a page fetched before it is not spliced in after. */
+  let generation = 0;
+  let retries = 0;
 
   const lastSeq = () => messages.at(-1)?.seq ?? 0;
+  // seqs start at 1 with no gaps, so older messages exist exactly when we start above 1.
+  const nextBeforeSeq = () => (messages.length > 0 && messages[0].seq > 1 ? messages[0].seq : null);
   function setState(next: RoomState, error?: unknown) {
     if (stopped || (state === next && error === undefined)) return;
     state = next;
@@ -70,25 +75,35 @@ export function watchRoom(
     return false;
   }
 
+  /** Retries `load` after a transient failure, backing off up to 10 s. */
+  function retryLater(error: unknown) {
+    setState(wasLive ? "reconnecting" : "connecting", error);
+    const delay = Math.min(10_000, 250 * 2 ** retries++);
+    setTimeout(() => void load(), delay);
+  }
+
   async function load() {
+    if (stopped) return;
     subscription?.unsubscribe();
     subscription = null;
-    setState(messages.length > 0 ? "resyncing" : "connecting");
+    const current = ++generation;
+    setState(loaded ? "resyncing" : "connecting");
     try {
       const page = await trpc.messages.list.query({ roomId, limit: pageSize });
-      if (stopped) return;
-      const first = page.items[0]?.seq;
-      if (messages.length === 0 || first === undefined || first > lastSeq() + 1) {
-        // Nothing held, or a hole between what we hold and the new page: start over from it.
-        messages = [...page.items];
-        nextBeforeSeq = page.nextBeforeSeq;
-        publish();
-      } else {
-        append(page.items);
-      }
+      if (stopped || current !== generation) return;
+      // Merge by seq with what is held (a send may have landed first); if that leaves a
+      // hole, the new page alone is the truth.
+      const bySeq = new Map(messages.map((m) => [m.seq, m]));
+      for (const message of page.items) bySeq.set(message.seq, message);
+      const merged = [...bySeq.values()].sort((a, b) => a.seq - b.seq);
+      const whole = merged.every((m, i) => i === 0 || m.seq === merged[i - 1].seq + 1);
+      messages = whole ? merged : [...page.items];
+      loaded = true;
+      publish();
       subscribe();
     } catch (error) {
-      setState("error", error);
+      if (isRetryable(error)) retryLater(error);
+      else setState("error", error);
     }
   }
 
@@ -99,14 +114,18 @@ export function watchRoom(
       {
         onStarted() {
           wasLive = true;
+          retries = 0;
           setState("live");
         },
         onData(event) {
           if (append([event.data])) void load();
         },
         onError(error) {
-          if (error.data?.code === "PRECONDITION_FAILED") void load();
-          else setState("error", error);
+          const code = error.data?.code;
+          if (code === "PRECONDITION_FAILED") void load();
+          else if (code === "FORBIDDEN" || code === "UNAUTHORIZED" || code === "NOT_FOUND") {
+            setState("error", error);
+          } else retryLater(error);
         },
         onConnectionStateChange(connection) {
           if (connection.state === "connecting" && wasLive) setState("reconnecting");
@@ -124,7 +143,8 @@ export function watchRoom(
       for (let attempt = 1;; attempt++) {
         try {
           const message = await trpc.messages.send.mutate({ roomId, content, clientMessageId });
-          append([message]); // shows at once when it is next; otherwise the stream brings it
+          // Shown at once when it is next; otherwise the stream (or the first load) brings it.
+          if (loaded) append([message]);
           return message;
         } catch (error) {
           if (attempt >= attempts || !isRetryable(error)) throw error;
@@ -133,16 +153,15 @@ export function watchRoom(
       }
     },
     async loadOlder() {
-      if (nextBeforeSeq === null) return false;
-      const page = await trpc.messages.list.query({
-        roomId,
-        limit: pageSize,
-        beforeSeq: nextBeforeSeq,
-      });
-      const oldest = messages[0]?.seq ?? Infinity;
-      messages = [...page.items.filter((m) => m.seq < oldest), ...messages];
-      nextBeforeSeq = page.nextBeforeSeq;
-      publish();
+      const before = nextBeforeSeq();
+      if (before === null) return false;
+      const current = generation;
+      const page = await trpc.messages.list.query({ roomId, limit: pageSize, beforeSeq: before });
+      // Only splice the page in if it still joins the list (a resync may have replaced it).
+      if (current === generation && page.items.at(-1)?.seq === messages[0]?.seq - 1) {
+        messages = [...page.items, ...messages];
+        publish();
+      }
       return true;
     },
     stop() {

@@ -24,7 +24,8 @@ export interface EmbeddedPostgres {
 export async function startEmbedded(dataDir: string | null): Promise<EmbeddedPostgres> {
   if (dataDir !== null) await Deno.mkdir(dataDir, { recursive: true });
   const db = await PGlite.create(dataDir ?? undefined);
-  const server = new PGLiteSocketServer({ db, host: "127.0.0.1", port: 0, maxConnections: 8 });
+  // One connection: the app's pool of one. Nothing else on this machine gets in meanwhile.
+  const server = new PGLiteSocketServer({ db, host: "127.0.0.1", port: 0, maxConnections: 1 });
   await server.start();
   return {
     url: `postgres://postgres@${server.getServerConn()}/postgres`,

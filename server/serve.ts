@@ -20,7 +20,7 @@ export interface ServeOptions {
 }
 
 /** How long a drain waits for in-flight HTTP requests after closing WebSockets. */
-const DRAIN_REQUESTS_MS = 1000;
+const DRAIN_REQUESTS_MS = 700;
 
 /** A running server. */
 export interface RunningServer {

@@ -157,6 +157,41 @@ Deno.test("client", async (t) => {
         }
       },
     );
+    await t.step(
+      "a failed first load is retried, and a send that lands first keeps the history whole",
+      async () => {
+        const early = await bobClient.trpc.rooms.create.mutate({ name: "Early bird" });
+        for (let i = 1; i <= 10; i++) {
+          await bobClient.trpc.messages.send.mutate({ roomId: early.id, content: `m${i}` });
+        }
+        let lists = 0;
+        const slow = createParleyClient({
+          url: env.url,
+          token: bobToken,
+          // The first page request fails outright; the second is slow, so the send wins.
+          fetch: async (input, init) => {
+            if (String(input).includes("messages.list") && lists++ < 2) {
+              if (lists === 1) throw new TypeError("network down");
+              await new Promise((r) => setTimeout(r, 300));
+            }
+            return await fetch(input, init);
+          },
+        });
+        try {
+          const r = recorder();
+          const h = watchRoom(slow, early.id, r);
+          const sent = await h.send("early");
+          assert.equal(sent.seq, 11);
+          await waitFor(() => r.seen.states.includes("live"), "live after a retry");
+          await waitFor(() => r.seen.messages.length === 11, "the whole history");
+          assert.deepEqual(seqs(r.seen.messages), range(1, 11));
+          assert.ok(lists >= 2, "the first load was retried");
+          h.stop();
+        } finally {
+          await slow.close();
+        }
+      },
+    );
   } finally {
     await Promise.all([anon.close(), adaClient.close(), bobClient.close()]);
   }

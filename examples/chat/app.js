@@ -3,6 +3,9 @@
 import { createParleyClient, watchRoom } from "./parley_client.js";
 
 const api = new URLSearchParams(location.search).get("api") ?? "http://localhost:8000";
+// Tokens are stored per API, so a link with another ?api= never receives this one's token.
+const TOKEN = `parley-token:${api}`;
+const ROOM = `parley-room:${api}`;
 const $ = (selector) => document.querySelector(selector);
 
 // The sockets the client opened, so a test (or you, in DevTools) can cut the connection:
@@ -18,7 +21,7 @@ class TrackedWebSocket extends WebSocket {
 
 const parley = createParleyClient({
   url: api,
-  token: () => localStorage.getItem("parley-token"),
+  token: () => localStorage.getItem(TOKEN),
   WebSocket: TrackedWebSocket,
 });
 let watching = null;
@@ -75,7 +78,7 @@ function renderMessages(messages) {
 async function showRooms() {
   watching?.stop();
   watching = null;
-  localStorage.removeItem("parley-room");
+  localStorage.removeItem(ROOM);
   show("rooms");
   setState("idle");
   const { items } = await parley.trpc.rooms.list.query({ limit: 50 });
@@ -95,7 +98,7 @@ async function showRooms() {
 async function openRoom(roomId, { join = false } = {}) {
   if (join) await parley.trpc.rooms.join.mutate({ roomId });
   const room = await parley.trpc.rooms.get.query({ roomId });
-  localStorage.setItem("parley-room", roomId);
+  localStorage.setItem(ROOM, roomId);
   $("#room-name").textContent = room.name;
   $("#room-thumbnail").hidden = !room.thumbnailUrl;
   if (room.thumbnailUrl) $("#room-thumbnail").src = room.thumbnailUrl;
@@ -118,7 +121,7 @@ $("#signup-form").onsubmit = async (event) => {
       username: String(form.get("username")),
       avatarUrl: String(form.get("avatarUrl") || "") || null,
     });
-    localStorage.setItem("parley-token", token);
+    localStorage.setItem(TOKEN, token);
     $("#me").textContent = user.username;
     showError(null);
     await showRooms();
@@ -159,15 +162,15 @@ $("#load-older").onclick = () => watching?.loadOlder().catch(showError);
 $("#leave-room").onclick = () => showRooms().catch(showError);
 
 async function start() {
-  if (!localStorage.getItem("parley-token")) return show("signup");
+  if (!localStorage.getItem(TOKEN)) return show("signup");
   try {
     const me = await parley.trpc.users.me.query();
     $("#me").textContent = me.username;
   } catch {
-    localStorage.removeItem("parley-token");
+    localStorage.removeItem(TOKEN);
     return show("signup");
   }
-  const roomId = localStorage.getItem("parley-room");
+  const roomId = localStorage.getItem(ROOM);
   if (roomId) await openRoom(roomId);
   else await showRooms();
 }
