@@ -35,12 +35,6 @@ export function createLogger(format: "json" | "text"): Logger {
   };
 }
 
-/** Text logs to the console. */
-export const consoleLogger: Logger = createLogger("text");
-
-/** A logger that drops everything. */
-export const silentLogger: Logger = { info() {}, warn() {}, error() {} };
-
 function describe(error: unknown): string {
   return error instanceof Error ? (error.stack ?? error.message) : String(error);
 }

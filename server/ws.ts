@@ -56,11 +56,6 @@ export class DenoSocket {
     return this.#socket.readyState;
   }
 
-  /** Bytes queued but not yet sent. */
-  get bufferedAmount(): number {
-    return this.#socket.bufferedAmount;
-  }
-
   /** Sends a text frame; closes the socket instead when the reader has fallen too far behind. */
   send(data: string): void {
     if (this.#socket.readyState !== WebSocket.OPEN) return;

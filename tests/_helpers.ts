@@ -263,3 +263,39 @@ export async function waitFor(
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
 }
+
+/**
+ * Opens a TCP connection to a test server and writes a raw WebSocket upgrade request for
+ * `path` (default `/trpc`); `key: false` leaves out Sec-WebSocket-Key. The caller reads the
+ * answer and closes the connection.
+ */
+export async function rawUpgrade(
+  url: string,
+  options: { path?: string; origin?: string | null; key?: boolean } = {},
+): Promise<Deno.TcpConn> {
+  const { hostname, port } = new URL(url);
+  const conn = await Deno.connect({ hostname, port: Number(port) });
+  const lines = [
+    `GET ${options.path ?? "/trpc"} HTTP/1.1`,
+    `Host: ${hostname}:${port}`,
+    "Upgrade: websocket",
+    "Connection: Upgrade",
+    ...(options.key === false ? [] : ["Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="]),
+    "Sec-WebSocket-Version: 13",
+    ...(options.origin ? [`Origin: ${options.origin}`] : []),
+  ];
+  await conn.write(new TextEncoder().encode(`${lines.join("\r\n")}\r\n\r\n`));
+  return conn;
+}
+
+/** Sends a raw upgrade request and returns the status line of the answer. */
+export async function upgradeStatus(
+  url: string,
+  options: { origin?: string | null; key?: boolean } = {},
+): Promise<string> {
+  const conn = await rawUpgrade(url, options);
+  const buffer = new Uint8Array(4096);
+  const n = await conn.read(buffer);
+  conn.close();
+  return new TextDecoder().decode(buffer.subarray(0, n ?? 0)).split("\r\n")[0];
+}

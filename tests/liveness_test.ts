@@ -1,6 +1,6 @@
 /** Dead and slow WebSocket clients cannot hold server resources forever. */
 import assert from "node:assert/strict";
-import { signUp, startTestEnv, waitFor } from "./_helpers.ts";
+import { rawUpgrade, signUp, startTestEnv, waitFor } from "./_helpers.ts";
 
 /** A masked client text frame (RFC 6455), for a hand-driven WebSocket. */
 function clientFrame(text: string): Uint8Array {
@@ -53,18 +53,8 @@ Deno.test("a subscriber that stops reading is disconnected instead of buffering 
   });
   const alice = await signUp(env);
   const room = await alice.api.rooms.create.mutate({ name: "Firehose" });
-  const { hostname, port } = new URL(env.url);
-  const conn = await Deno.connect({ hostname, port: Number(port) });
+  const conn = await rawUpgrade(env.url, { path: "/trpc?connectionParams=1" });
   try {
-    const handshake = [
-      "GET /trpc?connectionParams=1 HTTP/1.1",
-      `Host: ${hostname}:${port}`,
-      "Upgrade: websocket",
-      "Connection: Upgrade",
-      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-      "Sec-WebSocket-Version: 13",
-    ];
-    await conn.write(new TextEncoder().encode(`${handshake.join("\r\n")}\r\n\r\n`));
     await conn.write(
       clientFrame(JSON.stringify({ method: "connectionParams", data: { token: alice.token } })),
     );

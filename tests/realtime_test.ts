@@ -13,6 +13,7 @@ import {
   startTestEnv,
   TEST_DATABASE_URL,
   TEST_ORIGINS,
+  upgradeStatus,
   waitFor,
   wsClient,
   type WsClientOptions,
@@ -39,26 +40,6 @@ function seqs(messages: Message[]): number[] {
 
 function range(from: number, to: number): number[] {
   return Array.from({ length: to - from + 1 }, (_, i) => from + i);
-}
-
-/** Sends one raw HTTP/1.1 upgrade request and returns the status line. */
-async function upgradeStatus(url: string, origin: string | null): Promise<string> {
-  const { hostname, port } = new URL(url);
-  const conn = await Deno.connect({ hostname, port: Number(port) });
-  const lines = [
-    "GET /trpc HTTP/1.1",
-    `Host: ${hostname}:${port}`,
-    "Upgrade: websocket",
-    "Connection: Upgrade",
-    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-    "Sec-WebSocket-Version: 13",
-    ...(origin === null ? [] : [`Origin: ${origin}`]),
-  ];
-  await conn.write(new TextEncoder().encode(`${lines.join("\r\n")}\r\n\r\n`));
-  const buffer = new Uint8Array(4096);
-  const n = await conn.read(buffer);
-  conn.close();
-  return new TextDecoder().decode(buffer.subarray(0, n ?? 0)).split("\r\n")[0];
 }
 
 Deno.test("realtime", async (t) => {
@@ -88,11 +69,11 @@ Deno.test("realtime", async (t) => {
         ]
       ) {
         env.log.lines.length = 0;
-        assert.match(await upgradeStatus(env.url, origin), /^HTTP\/1.1 403/, origin);
+        assert.match(await upgradeStatus(env.url, { origin }), /^HTTP\/1.1 403/, origin);
         assert.ok(env.log.lines.some((line) => line.includes(`Refused origin ${origin}`)), origin);
       }
       for (const origin of [ALLOWED_ORIGIN, "http://localhost:3000", null]) {
-        assert.match(await upgradeStatus(env.url, origin), /^HTTP\/1.1 101/, String(origin));
+        assert.match(await upgradeStatus(env.url, { origin }), /^HTTP\/1.1 101/, String(origin));
       }
       assert.ok(TEST_ORIGINS.includes(ALLOWED_ORIGIN));
     });

@@ -1,6 +1,6 @@
 /** The Deno ↔ tRPC WebSocket bridge (server/ws.ts) under bad and hostile input. */
 import assert from "node:assert/strict";
-import { signUp, startTestEnv, waitFor, wsClient } from "./_helpers.ts";
+import { signUp, startTestEnv, upgradeStatus, waitFor, wsClient } from "./_helpers.ts";
 
 /** A raw WebSocket that records frames and its close code. */
 async function raw(url: string, query = "") {
@@ -97,15 +97,7 @@ Deno.test("WebSocket bridge", async (t) => {
     });
 
     await t.step("an upgrade request without a WebSocket key is a 400, not a 500", async () => {
-      const { hostname, port } = new URL(env.url);
-      const conn = await Deno.connect({ hostname, port: Number(port) });
-      const request = `GET /trpc HTTP/1.1\r\nHost: ${hostname}:${port}\r\nUpgrade: websocket\r\n` +
-        "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n";
-      await conn.write(new TextEncoder().encode(request));
-      const buffer = new Uint8Array(2048);
-      const n = await conn.read(buffer);
-      conn.close();
-      assert.match(new TextDecoder().decode(buffer.subarray(0, n ?? 0)), /^HTTP\/1.1 400/);
+      assert.match(await upgradeStatus(env.url, { key: false }), /^HTTP\/1.1 400/);
     });
 
     await t.step("a binary frame closes the socket with 1003", async () => {
