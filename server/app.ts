@@ -8,15 +8,10 @@ import { getWSConnectionHandler, type WSSHandlerOptions } from "@trpc/server/ada
 import superjson from "superjson";
 import { ping } from "../db/mod.ts";
 import { type ContextDeps, createContext } from "./context.ts";
+import { MAX_BATCH_SIZE, MAX_BODY_BYTES } from "./limits.ts";
 import { corsHeaders, PREFLIGHT_HEADERS } from "./origin.ts";
 import { type AppRouter, appRouter } from "./router.ts";
 import { type DenoSocket, isUpgrade, type SocketLimits, upgrade } from "./ws.ts";
-
-/** Largest request body accepted, in bytes. */
-export const MAX_BODY_BYTES = 64 * 1024;
-
-/** Most calls accepted in one tRPC batch. */
-export const MAX_BATCH_SIZE = 20;
 
 /** Idle time before the server pings a WebSocket client, and how long it waits for an answer. */
 export const KEEP_ALIVE = { pingMs: 30_000, pongWaitMs: 5_000 };

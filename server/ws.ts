@@ -5,6 +5,7 @@
  * headers are gone) and hands tRPC a Node-style request.
  */
 import { Buffer } from "node:buffer";
+import { MAX_FRAME_BYTES } from "./limits.ts";
 
 /** The Node-style request tRPC reads: `headers` as a plain object and `url` as a path. */
 export interface NodeStyleRequest {
@@ -23,7 +24,7 @@ export interface SocketLimits {
 
 /** Default limits: 64 KiB frames, 1 MiB of unsent data. */
 export const DEFAULT_LIMITS: SocketLimits = {
-  maxFrameBytes: 64 * 1024,
+  maxFrameBytes: MAX_FRAME_BYTES,
   maxBufferedBytes: 1024 * 1024,
 };
 
