@@ -90,7 +90,7 @@ export const memberProcedure = authedProcedure
 function fromDatabaseError(cause: unknown): TRPCError | undefined {
   if (!(cause instanceof postgres.PostgresError)) return undefined;
   if (cause.code === "23505") {
-    const message = cause.constraint_name === "users_username_lower_key"
+    const message = cause.constraint_name?.startsWith("users_username")
       ? "Username is already taken"
       : "Conflicts with an existing record";
     return new TRPCError({ code: "CONFLICT", message, cause });
