@@ -1,17 +1,20 @@
 /**
- * The HTTP front door: origin policy and CORS on every response, `/health`,
- * tRPC at `/trpc` (HTTP through the fetch adapter, WebSocket upgrades through
- * `ws.ts`), request size limits and JSON 404s.
+ * The HTTP front door: request size limits, the origin policy and CORS on every response,
+ * `/health`, tRPC at `/trpc` (HTTP through the fetch adapter, WebSocket upgrades through
+ * `ws.ts` after the handshake and connection caps are checked) and JSON 404s.
  */
 import { fetchRequestHandler } from "@trpc/server/adapters/fetch";
 import { getWSConnectionHandler, type WSSHandlerOptions } from "@trpc/server/adapters/ws";
 import superjson from "superjson";
 import { ping } from "../db/mod.ts";
+import { clip } from "./clip.ts";
+import { clientAddress } from "./client_address.ts";
 import { type ContextDeps, createContext } from "./context.ts";
-import { MAX_BATCH_SIZE, MAX_BODY_BYTES } from "./limits.ts";
+import { RetryableError } from "./errors.ts";
+import { MAX_BATCH_SIZE, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_URL_BYTES } from "./limits.ts";
 import { corsHeaders, PREFLIGHT_HEADERS } from "./origin.ts";
 import { type AppRouter, appRouter } from "./router.ts";
-import { type DenoSocket, isUpgrade, type SocketLimits, upgrade } from "./ws.ts";
+import { checkHandshake, type DenoSocket, isUpgrade, type SocketLimits, upgrade } from "./ws.ts";
 
 /** Idle time before the server pings a WebSocket client, and how long it waits for an answer. */
 export const KEEP_ALIVE = { pingMs: 30_000, pongWaitMs: 5_000 };
@@ -22,10 +25,16 @@ export interface SocketOptions {
   limits?: SocketLimits;
 }
 
+/** What the front door needs beyond context creation's needs. */
+export interface AppDeps extends ContextDeps {
+  /** The header a trusted proxy puts the client address in, or null (see client_address.ts). */
+  clientAddressHeader: string | null;
+}
+
 /** The request handler and the WebSocket connections it holds. */
 export interface App {
-  /** Handles one request for `Deno.serve`. */
-  handle(req: Request): Promise<Response>;
+  /** Handles one request for `Deno.serve`; `info` gives the TCP peer's address. */
+  handle(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response>;
   /** Open WebSocket connections. */
   readonly sockets: ReadonlySet<DenoSocket>;
   /** Tells every WebSocket client to reconnect (tRPC's reconnect notification). */
@@ -34,21 +43,29 @@ export interface App {
   drain(): void;
 }
 
+/** How long a client refused by a connection cap is asked to wait, in seconds. */
+const CONNECTION_RETRY_SECONDS = 5;
+
 /** Builds the request handler for `Deno.serve`. */
-export function createApp(deps: ContextDeps, options: SocketOptions = {}): App {
+export function createApp(deps: AppDeps, options: SocketOptions = {}): App {
   const sockets = new Set<DenoSocket>();
+  /** Open (and opening) WebSockets per client address. */
+  const perAddress = new Map<string, number>();
   let draining = false;
   const onConnection = getWSConnectionHandler({
     router: appRouter,
     // Only applyWSSHandler reads `wss`; we hand connections over ourselves.
     wss: undefined as unknown as WSSHandlerOptions<AppRouter>["wss"],
     keepAlive: { enabled: true, ...(options.keepAlive ?? KEEP_ALIVE) },
-    maxBatchSize: MAX_BATCH_SIZE,
+    // A frame is bounded by bytes (MAX_FRAME_BYTES) and the socket's subscriptions by
+    // `subscriptionsPerSocket`; a frame may carry that many calls, as wsLink batches them.
+    maxBatchSize: Math.max(MAX_BATCH_SIZE, deps.limits.subscriptionsPerSocket),
     createContext: ({ req, info }) =>
       createContext(deps, {
         req: { headers: new Headers(req.headers as Record<string, string>) },
         info,
         transport: "ws",
+        address: (req as unknown as { address: string }).address,
       }),
     onError({ error, path }) {
       if (error.code === "INTERNAL_SERVER_ERROR") {
@@ -57,87 +74,110 @@ export function createApp(deps: ContextDeps, options: SocketOptions = {}): App {
     },
   });
 
-  async function handle(req: Request): Promise<Response> {
-    if (draining) {
-      const response = json(503, {
-        error: { code: "SERVICE_UNAVAILABLE", message: "Server is restarting: retry shortly" },
+  function acceptSocket(req: Request, address: string, origin: string | null): Response {
+    const { socket, response } = upgrade(req, {
+      address,
+      limits: options.limits,
+      onConnection(socket, nodeReq) {
+        // deno-lint-ignore no-explicit-any -- tRPC types these as Node's ws and http objects
+        onConnection(socket as any, nodeReq as any);
+      },
+    });
+    const opened = performance.now();
+    sockets.add(socket);
+    perAddress.set(address, (perAddress.get(address) ?? 0) + 1);
+    deps.log.info("WebSocket opened", { origin, address, open: sockets.size });
+    socket.once("close", () => {
+      sockets.delete(socket);
+      const left = (perAddress.get(address) ?? 1) - 1;
+      if (left > 0) perAddress.set(address, left);
+      else perAddress.delete(address);
+      deps.log.info("WebSocket closed", {
+        origin,
+        address,
+        seconds: Math.round((performance.now() - opened) / 100) / 10,
+        abrupt: socket.abrupt,
+        open: sockets.size,
       });
-      response.headers.set("retry-after", "1");
-      return response;
-    }
+    });
+    return response;
+  }
+
+  async function handle(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response> {
     const url = new URL(req.url);
     const isTrpc = url.pathname === "/trpc" || url.pathname.startsWith("/trpc/");
+    // tRPC's client reads error bodies of calls; a preflight's body nobody reads.
+    const trpcShaped = isTrpc && req.method !== "OPTIONS";
+    const fail = (status: number, code: string, message: string, headers = {}) =>
+      errorResponse({ status, code, message, trpc: trpcShaped, headers });
+    if (draining) {
+      return fail(503, "SERVICE_UNAVAILABLE", "Server is restarting: retry shortly", {
+        "retry-after": "1",
+      });
+    }
+    const sizeProblem = checkRequestSize(req, url);
+    if (sizeProblem) return fail(sizeProblem.status, sizeProblem.code, sizeProblem.message);
     const decision = deps.origins.check(req.headers.get("origin"));
     const wantsSocket = isTrpc && isUpgrade(req);
     // tRPC calls over HTTP are refused by context creation (FORBIDDEN); everything else here,
     // WebSocket upgrades included: a refused origin never gets a 101.
     if (!decision.allowed && (req.method === "OPTIONS" || !isTrpc || wantsSocket)) {
-      deps.log.warn(`Refused origin ${decision.origin}: ${decision.reason}`, {
-        origin: decision.origin,
+      const origin = clip(decision.origin);
+      deps.log.warn(`Refused origin ${origin}: ${decision.reason}`, {
+        origin,
         reason: decision.reason,
         path: url.pathname,
       });
-      return json(403, {
-        error: { code: "FORBIDDEN", message: `Origin not allowed: ${decision.origin}` },
-      });
+      return fail(403, "FORBIDDEN", `Origin not allowed: ${origin}`);
     }
+    const address = clientAddress(req.headers, info?.remoteAddr, deps.clientAddressHeader);
     if (wantsSocket) {
-      if (req.headers.get("sec-websocket-key") === null || req.method !== "GET") {
-        return json(400, {
-          error: { code: "BAD_REQUEST", message: "Malformed WebSocket upgrade request" },
-        });
+      const refusal = checkHandshake(req);
+      if (refusal) return fail(refusal.status, "BAD_REQUEST", refusal.message, refusal.headers);
+      const retry = { "retry-after": String(CONNECTION_RETRY_SECONDS) };
+      if (sockets.size >= deps.limits.connections) {
+        deps.log.warn("WebSocket refused: this instance is at its connection limit", { address });
+        return fail(
+          503,
+          "SERVICE_UNAVAILABLE",
+          `Server is at its connection limit (${deps.limits.connections}): retry shortly`,
+          retry,
+        );
       }
-      const origin = decision.origin;
-      return upgrade(req, (socket, nodeReq) => {
-        const opened = performance.now();
-        sockets.add(socket);
-        deps.log.info("WebSocket opened", { origin, open: sockets.size });
-        socket.once("close", () => {
-          sockets.delete(socket);
-          deps.log.info("WebSocket closed", {
-            origin,
-            seconds: Math.round((performance.now() - opened) / 100) / 10,
-            open: sockets.size,
-          });
-        });
-        // deno-lint-ignore no-explicit-any -- tRPC types these as Node's ws and http objects
-        onConnection(socket as any, nodeReq as any);
-      }, options.limits);
+      if ((perAddress.get(address) ?? 0) >= deps.limits.connectionsPerAddress) {
+        deps.log.warn("WebSocket refused: too many connections from one address", { address });
+        return fail(
+          429,
+          "TOO_MANY_REQUESTS",
+          `Too many connections from your address: at most ${deps.limits.connectionsPerAddress}`,
+          retry,
+        );
+      }
+      return acceptSocket(req, address, decision.origin);
     }
     let response: Response;
     if (req.method === "OPTIONS") {
-      response = new Response(null, {
-        status: 204,
-        headers: PREFLIGHT_HEADERS,
-      });
+      response = new Response(null, { status: 204, headers: PREFLIGHT_HEADERS });
     } else if (isTrpc) {
-      response = await handleTrpc(deps, req);
-    } else if (
-      url.pathname === "/health" &&
-      (req.method === "GET" || req.method === "HEAD")
-    ) {
+      response = await handleTrpc(deps, req, address);
+    } else if (url.pathname === "/health" && (req.method === "GET" || req.method === "HEAD")) {
       response = (await ping(deps.sql, 1000))
         ? json(200, { status: "ok", db: "ok" })
         : json(503, { status: "degraded", db: "down" });
     } else {
-      response = json(404, {
-        error: {
-          code: "NOT_FOUND",
-          message: `No route for ${req.method} ${url.pathname}`,
-        },
-      });
+      response = fail(
+        404,
+        "NOT_FOUND",
+        `No route for ${clip(req.method, 16)} ${clip(url.pathname)}`,
+      );
     }
     const headers = new Headers(response.headers);
     for (
-      const [name, value] of Object.entries(
-        corsHeaders(decision.allowed ? decision.origin : null),
-      )
+      const [name, value] of Object.entries(corsHeaders(decision.allowed ? decision.origin : null))
     ) {
       headers.set(name, value);
     }
-    if (!headers.get("vary")?.toLowerCase().includes("origin")) {
-      headers.append("vary", "Origin");
-    }
+    if (!headers.get("vary")?.toLowerCase().includes("origin")) headers.append("vary", "Origin");
     return new Response(response.body, { status: response.status, headers });
   }
 
@@ -154,57 +194,116 @@ export function createApp(deps: ContextDeps, options: SocketOptions = {}): App {
   };
 }
 
-async function handleTrpc(deps: ContextDeps, req: Request): Promise<Response> {
+/**
+ * Refuses a request whose target is longer than `MAX_URL_BYTES` (414, RFC 9110 §15.5.15), whose
+ * header section is larger than `MAX_HEADER_BYTES` (431, RFC 6585 §5), or whose query string
+ * is not well-formed percent-encoded UTF-8 (400). Returns null when the request is fine.
+ */
+function checkRequestSize(
+  req: Request,
+  url: URL,
+): { status: number; code: string; message: string } | null {
+  const target = url.pathname.length + url.search.length;
+  if (target > MAX_URL_BYTES) {
+    return {
+      status: 414,
+      code: "BAD_REQUEST",
+      message: `Request URL exceeds ${MAX_URL_BYTES} bytes`,
+    };
+  }
+  // Each header line is `name: value\r\n`; the request line counts as well.
+  let size = req.method.length + target + 12;
+  for (const [name, value] of req.headers) size += name.length + value.length + 4;
+  if (size > MAX_HEADER_BYTES) {
+    return {
+      status: 431,
+      code: "BAD_REQUEST",
+      message: `Request headers exceed ${MAX_HEADER_BYTES} bytes`,
+    };
+  }
+  try {
+    decodeURIComponent(url.search);
+  } catch {
+    return {
+      status: 400,
+      code: "BAD_REQUEST",
+      message: "Request URL is not well-formed: its query must be percent-encoded UTF-8",
+    };
+  }
+  return null;
+}
+
+async function handleTrpc(deps: AppDeps, req: Request, address: string): Promise<Response> {
   let request = req;
   if (req.body) {
-    const body = await readLimited(req, MAX_BODY_BYTES);
-    if (body === null) {
-      return trpcError(
-        413,
-        "PAYLOAD_TOO_LARGE",
-        -32013,
-        `Request body exceeds ${MAX_BODY_BYTES} bytes`,
-      );
+    const body = await readBody(req, MAX_BODY_BYTES);
+    if (body === "too_large") {
+      return errorResponse({
+        status: 413,
+        code: "PAYLOAD_TOO_LARGE",
+        message: `Request body exceeds ${MAX_BODY_BYTES} bytes`,
+        trpc: true,
+      });
     }
-    request = new Request(req.url, {
-      method: req.method,
-      headers: req.headers,
-      body,
-    });
+    if (body === "not_utf8" || body === "broken") {
+      return errorResponse({
+        status: 400,
+        code: "BAD_REQUEST",
+        message: body === "not_utf8"
+          ? "Request body is not valid UTF-8"
+          : "Request body could not be read: the client went away or sent a broken body",
+        trpc: true,
+      });
+    }
+    request = new Request(req.url, { method: req.method, headers: req.headers, body });
   }
   return await fetchRequestHandler({
     endpoint: "/trpc",
     req: request,
     router: appRouter,
     maxBatchSize: MAX_BATCH_SIZE,
-    createContext: (opts) => createContext(deps, { ...opts, transport: "http" }),
+    createContext: (opts) => createContext(deps, { ...opts, transport: "http", address }),
+    responseMeta({ errors }) {
+      // RFC 9110 §10.2.3: Retry-After in whole seconds, the longest any call of the batch needs.
+      const waits = errors.flatMap((error) =>
+        error instanceof RetryableError ? [error.retryAfterMs] : []
+      );
+      if (waits.length === 0) return {};
+      return {
+        headers: new Headers({ "retry-after": String(Math.ceil(Math.max(...waits) / 1000)) }),
+      };
+    },
     onError({ error, path }) {
       if (error.code === "INTERNAL_SERVER_ERROR") {
-        deps.log.error(
-          `tRPC ${path ?? "(unknown path)"} failed`,
-          error.cause ?? error,
-        );
+        deps.log.error(`tRPC ${path ?? "(unknown path)"} failed`, error.cause ?? error);
       }
     },
   });
 }
 
-/** Reads a body of at most `max` bytes; null when it is larger. */
-async function readLimited(
+/**
+ * Reads a body of at most `max` bytes that must be UTF-8 text (tRPC's JSON): decoding it
+ * leniently would turn invalid bytes into U+FFFD and store text the client never sent.
+ */
+async function readBody(
   req: Request,
   max: number,
-): Promise<Uint8Array<ArrayBuffer> | null> {
+): Promise<string | "too_large" | "not_utf8" | "broken"> {
   const declared = Number(req.headers.get("content-length") ?? "0");
   if (declared > max) {
-    await req.body?.cancel();
-    return null;
+    await req.body?.cancel().catch(() => {});
+    return "too_large";
   }
   const chunks: Uint8Array[] = [];
   let size = 0;
-  for await (const chunk of req.body!) {
-    size += chunk.byteLength;
-    if (size > max) return null;
-    chunks.push(chunk);
+  try {
+    for await (const chunk of req.body!) {
+      size += chunk.byteLength;
+      if (size > max) return "too_large";
+      chunks.push(chunk);
+    }
+  } catch {
+    return "broken";
   }
   const body = new Uint8Array(size);
   let offset = 0;
@@ -212,23 +311,55 @@ async function readLimited(
     body.set(chunk, offset);
     offset += chunk.byteLength;
   }
-  return body;
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(body);
+  } catch {
+    return "not_utf8";
+  }
 }
 
-/** An error response shaped like tRPC's own, so `@trpc/client` reads it as a TRPCClientError. */
-function trpcError(
-  status: number,
-  code: string,
-  jsonRpcCode: number,
-  message: string,
+/**
+ * An error response: for `/trpc` shaped like tRPC's own (so `@trpc/client` reads it as a
+ * TRPCClientError with `data.code`), elsewhere `{ error: { code, message } }`.
+ */
+function errorResponse(
+  options: {
+    status: number;
+    code: string;
+    message: string;
+    trpc: boolean;
+    headers?: Record<string, string>;
+  },
 ): Response {
-  const shape = {
-    message,
-    code: jsonRpcCode,
-    data: { code, httpStatus: status },
-  };
-  return json(status, { error: superjson.serialize(shape) });
+  const { status, code, message, trpc, headers = {} } = options;
+  const retryAfter = Number(headers["retry-after"]);
+  const body = trpc
+    ? {
+      error: superjson.serialize({
+        message,
+        code: JSON_RPC_CODES[code] ?? -32600,
+        data: {
+          code,
+          httpStatus: status,
+          retryAfterMs: Number.isFinite(retryAfter) ? retryAfter * 1000 : null,
+        },
+      }),
+    }
+    : { error: { code, message } };
+  const response = json(status, body);
+  for (const [name, value] of Object.entries(headers)) response.headers.set(name, value);
+  return response;
 }
+
+/** tRPC's JSON-RPC error numbers for the codes the front door answers with. */
+const JSON_RPC_CODES: Record<string, number> = {
+  BAD_REQUEST: -32600,
+  FORBIDDEN: -32003,
+  NOT_FOUND: -32004,
+  PAYLOAD_TOO_LARGE: -32013,
+  TOO_MANY_REQUESTS: -32029,
+  SERVICE_UNAVAILABLE: -32603,
+};
 
 function json(status: number, body: unknown): Response {
   return new Response(JSON.stringify(body), {

@@ -20,8 +20,16 @@ export async function hashToken(token: string): Promise<string> {
   ).join("");
 }
 
+/** What a token may look like: base64url, 16 to 256 characters (ours are 43). */
+const TOKEN_SHAPE = /^[A-Za-z0-9_-]{16,256}$/;
+
 /** The token of an `Authorization: Bearer <token>` header value, or null. */
 export function parseBearer(header: string | null): string | null {
-  const match = /^Bearer ([A-Za-z0-9_-]{16,256})$/.exec(header?.trim() ?? "");
-  return match ? match[1] : null;
+  const match = /^Bearer (\S+)$/.exec(header?.trim() ?? "");
+  return match ? parseToken(match[1]) : null;
+}
+
+/** A token from anywhere (a header, connectionParams), or null when it cannot be one. */
+export function parseToken(value: unknown): string | null {
+  return typeof value === "string" && TOKEN_SHAPE.test(value) ? value : null;
 }

@@ -1,3 +1,4 @@
+import { type AbuseLimits, DEFAULT_ABUSE_LIMITS, type Rate } from "./limits.ts";
 import { createOriginPolicy, type OriginPolicy } from "./origin.ts";
 
 /** Server configuration, parsed and validated once at startup. */
@@ -11,6 +12,13 @@ export interface Config {
   /** Set by `RAILWAY_ENVIRONMENT` or `DENO_ENV=production`: stricter checks, JSON logs. */
   production: boolean;
   logFormat: "json" | "text";
+  /** Rates and connection caps (`RATE_LIMIT_*`, `MAX_*`). */
+  limits: AbuseLimits;
+  /**
+   * The request header a trusted proxy puts the client's address in (`CLIENT_ADDRESS_HEADER`,
+   * lowercase), or null to use the TCP peer's address.
+   */
+  clientAddressHeader: string | null;
   /** Lines to print at startup about defaults that were applied. */
   warnings: string[];
 }
@@ -88,6 +96,15 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     problems.push(`LOG_FORMAT must be json or text, got "${logFormat}"`);
   }
 
+  const limits = parseLimits(env, problems);
+
+  const clientAddressHeader = env.CLIENT_ADDRESS_HEADER?.trim().toLowerCase() || null;
+  if (clientAddressHeader !== null && !/^[a-z0-9-]{1,64}$/.test(clientAddressHeader)) {
+    problems.push(
+      `CLIENT_ADDRESS_HEADER must be a header name such as x-forwarded-for, got "${clientAddressHeader}"`,
+    );
+  }
+
   if (problems.length > 0 || !origins) throw new ConfigError(problems);
   return {
     port,
@@ -97,6 +114,59 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     origins,
     production,
     logFormat: logFormat as "json" | "text",
+    limits,
+    clientAddressHeader,
     warnings,
   };
+}
+
+/** The environment variable of each abuse limit; the README's limits table lists the same. */
+const RATE_VARIABLES = {
+  sends: "RATE_LIMIT_SENDS",
+  joins: "RATE_LIMIT_JOINS",
+  creates: "RATE_LIMIT_CREATES",
+  signups: "RATE_LIMIT_SIGNUPS",
+  connectionWrites: "RATE_LIMIT_CONNECTION_WRITES",
+} as const;
+
+const CAP_VARIABLES = {
+  subscriptionsPerSocket: "MAX_SUBSCRIPTIONS_PER_SOCKET",
+  connectionsPerAddress: "MAX_CONNECTIONS_PER_ADDRESS",
+  connections: "MAX_CONNECTIONS",
+} as const;
+
+/** Reads the abuse limits: rates as `<calls>/<seconds>s` (or `off`), caps as whole numbers. */
+function parseLimits(env: Record<string, string | undefined>, problems: string[]): AbuseLimits {
+  const limits: AbuseLimits = { ...DEFAULT_ABUSE_LIMITS };
+  for (
+    const [key, name] of Object.entries(RATE_VARIABLES) as [keyof typeof RATE_VARIABLES, string][]
+  ) {
+    const text = env[name]?.trim();
+    if (!text) continue;
+    const rate = parseRate(text);
+    if (rate === undefined) {
+      problems.push(`${name} must look like 30/10s (calls per seconds) or off, got "${text}"`);
+    } else limits[key] = rate;
+  }
+  for (
+    const [key, name] of Object.entries(CAP_VARIABLES) as [keyof typeof CAP_VARIABLES, string][]
+  ) {
+    const text = env[name]?.trim();
+    if (!text) continue;
+    const n = Number(text);
+    if (!/^\d{1,9}$/.test(text) || n < 1) {
+      problems.push(`${name} must be a whole number of at least 1, got "${text}"`);
+    } else limits[key] = n;
+  }
+  return limits;
+}
+
+/** `30/10s` → 30 calls per 10 seconds; `off` → null; anything else → undefined. */
+export function parseRate(text: string): Rate | null | undefined {
+  if (text.toLowerCase() === "off") return null;
+  const match = /^(\d{1,9})\/(\d{1,7})s?$/.exec(text);
+  if (!match) return undefined;
+  const points = Number(match[1]);
+  const seconds = Number(match[2]);
+  return points >= 1 && seconds >= 1 ? { points, seconds } : undefined;
 }

@@ -5,10 +5,13 @@
 import { TRPCError } from "@trpc/server";
 import type { Sql } from "../db/mod.ts";
 import { findUserByTokenHash } from "../db/users.ts";
-import { hashToken, parseBearer } from "./auth.ts";
+import { hashToken, parseBearer, parseToken } from "./auth.ts";
+import { clip } from "./clip.ts";
 import type { Hub } from "./hub.ts";
+import type { AbuseLimits } from "./limits.ts";
 import type { Logger } from "./log.ts";
 import type { OriginPolicy } from "./origin.ts";
+import type { WriteLimiter } from "./rate_limit.ts";
 
 /** What context creation needs from the running server. */
 export interface ContextDeps {
@@ -16,6 +19,16 @@ export interface ContextDeps {
   origins: OriginPolicy;
   log: Logger;
   hub: Hub;
+  limits: AbuseLimits;
+  writes: WriteLimiter;
+}
+
+/** The connection a call came over: one WebSocket, or for HTTP the client address. */
+export interface ConnectionState {
+  /** The key per-connection rates count against: `ws:<uuid>`, or null over HTTP. */
+  key: string | null;
+  /** Open subscriptions on this WebSocket (always 0 over HTTP). */
+  subscriptions: number;
 }
 
 /** What tRPC hands to context creation: the request and, over WebSocket, connectionParams. */
@@ -24,6 +37,8 @@ export interface ContextInput {
   info?: { connectionParams?: Record<string, unknown> | null };
   /** `ws` for a WebSocket connection (one context for its lifetime), else `http`. */
   transport: "http" | "ws";
+  /** The client's address (see `client_address.ts`). */
+  address: string;
 }
 
 /** Builds the context of one HTTP request (or one WebSocket connection). */
@@ -31,20 +46,19 @@ export async function createContext(deps: ContextDeps, opts: ContextInput) {
   const origin = opts.req.headers.get("origin");
   const decision = deps.origins.check(origin);
   if (!decision.allowed) {
-    deps.log.warn(`Refused origin ${decision.origin}: ${decision.reason}`, {
+    deps.log.warn(`Refused origin ${clip(decision.origin)}: ${decision.reason}`, {
       origin: decision.origin,
       reason: decision.reason,
     });
     throw new TRPCError({
       code: "FORBIDDEN",
-      message: `Origin not allowed: ${decision.origin}`,
+      message: `Origin not allowed: ${clip(decision.origin)}`,
     });
   }
   // Over WebSocket the token comes in connectionParams; over HTTP only in Authorization,
   // never in the URL (tRPC would also read connectionParams from a query string).
-  const param = opts.transport === "ws" ? opts.info?.connectionParams?.token : undefined;
-  const token = typeof param === "string"
-    ? param
+  const token = opts.transport === "ws"
+    ? parseToken(opts.info?.connectionParams?.token)
     : parseBearer(opts.req.headers.get("authorization"));
   const tokenHash = token ? await hashToken(token) : null;
   const user = tokenHash ? (await findUserByTokenHash(deps.sql, tokenHash)) ?? null : null;
@@ -52,7 +66,14 @@ export async function createContext(deps: ContextDeps, opts: ContextInput) {
     sql: deps.sql,
     log: deps.log,
     hub: deps.hub,
+    limits: deps.limits,
+    writes: deps.writes,
     transport: opts.transport,
+    address: opts.address,
+    connection: {
+      key: opts.transport === "ws" ? `ws:${crypto.randomUUID()}` : null,
+      subscriptions: 0,
+    } satisfies ConnectionState as ConnectionState,
     user,
     tokenHash,
   };

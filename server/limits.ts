@@ -32,3 +32,45 @@ export const MAX_URL_BYTES = 16 * 1024;
  * included) the server accepts (more: 431 Request Header Fields Too Large, RFC 6585 §5).
  */
 export const MAX_HEADER_BYTES = 32 * 1024;
+
+/** A rate: at most `points` calls in any window of `seconds` (fixed windows per key). */
+export interface Rate {
+  points: number;
+  seconds: number;
+}
+
+/**
+ * The abuse limits an operator may tune (each has an environment variable, see `config.ts`
+ * and the README's limits table). Rates are counted per instance: behind a load balancer that
+ * spreads one user's HTTP calls over N instances, that user may reach N times a rate.
+ */
+export interface AbuseLimits {
+  /** `messages.send`, per user. */
+  sends: Rate | null;
+  /** `rooms.join` and `rooms.leave`, per user. */
+  joins: Rate | null;
+  /** `rooms.create`, `rooms.update`, `users.update` and `users.logout`, per user. */
+  creates: Rate | null;
+  /** `users.create` (sign-up), per client address. */
+  signups: Rate | null;
+  /** Every write over one WebSocket connection (over HTTP, the user's rates apply). */
+  connectionWrites: Rate | null;
+  /** Most open subscriptions on one WebSocket. */
+  subscriptionsPerSocket: number;
+  /** Most open WebSockets from one client address. */
+  connectionsPerAddress: number;
+  /** Most open WebSockets on this instance. */
+  connections: number;
+}
+
+/** The defaults: generous for people, tight for scripts (`null` would turn a rate off). */
+export const DEFAULT_ABUSE_LIMITS: Readonly<AbuseLimits> = {
+  sends: { points: 30, seconds: 10 },
+  joins: { points: 30, seconds: 60 },
+  creates: { points: 30, seconds: 60 },
+  signups: { points: 60, seconds: 60 },
+  connectionWrites: { points: 150, seconds: 10 },
+  subscriptionsPerSocket: 100,
+  connectionsPerAddress: 100,
+  connections: 10_000,
+};

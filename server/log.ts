@@ -3,6 +3,14 @@
  * production (for Railway's log search).
  */
 
+import { clip } from "./clip.ts";
+
+/** Longest message a log line keeps, in code points. */
+const MAX_MESSAGE = 500;
+
+/** Longest field value a log line keeps (an origin, a path), in code points. */
+const MAX_FIELD = 200;
+
 /** Extra facts about an event (request method, status, origin, ...). */
 export type LogFields = Record<string, string | number | boolean | null | undefined>;
 
@@ -13,9 +21,20 @@ export interface Logger {
   error(message: string, error?: unknown, fields?: LogFields): void;
 }
 
-/** Logs to stdout/stderr in the given format. */
+/**
+ * Logs to stdout/stderr in the given format. Every message and string field is bounded
+ * (request-supplied text such as an Origin can be tens of kilobytes); an error's stack gets
+ * more room.
+ */
 export function createLogger(format: "json" | "text"): Logger {
-  function write(level: "info" | "warn" | "error", message: string, fields: LogFields = {}) {
+  function write(level: "info" | "warn" | "error", text: string, raw: LogFields = {}) {
+    const message = clip(text, MAX_MESSAGE);
+    const fields: LogFields = {};
+    for (const [key, value] of Object.entries(raw)) {
+      // An error's stack gets more room than a request's facts, but is bounded too.
+      const max = key === "error" ? 8 * MAX_MESSAGE : MAX_FIELD;
+      fields[key] = typeof value === "string" ? clip(value, max) : value;
+    }
     const line = format === "json"
       ? JSON.stringify({ time: new Date().toISOString(), level, msg: message, ...fields })
       : [

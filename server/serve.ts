@@ -2,8 +2,10 @@
 import type { Sql } from "../db/mod.ts";
 import { createApp, type SocketOptions } from "./app.ts";
 import { Hub } from "./hub.ts";
+import { type AbuseLimits, DEFAULT_ABUSE_LIMITS } from "./limits.ts";
 import type { Logger } from "./log.ts";
 import type { OriginPolicy } from "./origin.ts";
+import { WriteLimiter } from "./rate_limit.ts";
 
 /** What `serve` needs. */
 export interface ServeOptions {
@@ -17,6 +19,10 @@ export interface ServeOptions {
   sockets?: SocketOptions;
   /** False for the embedded database: fan-out stays in this process (default true). */
   crossInstance?: boolean;
+  /** Rates and connection caps (default: `DEFAULT_ABUSE_LIMITS`). */
+  limits?: AbuseLimits;
+  /** The header a trusted proxy puts the client address in (default: none, the TCP peer). */
+  clientAddressHeader?: string | null;
 }
 
 /** How long a drain waits for in-flight HTTP requests after closing WebSockets. */
@@ -40,15 +46,22 @@ export interface RunningServer {
 export async function serve(options: ServeOptions): Promise<RunningServer> {
   const hub = new Hub(options.sql, options.log, { crossInstance: options.crossInstance });
   await hub.start();
-  const app = createApp({ ...options, hub }, options.sockets);
+  const limits = options.limits ?? DEFAULT_ABUSE_LIMITS;
+  const app = createApp({
+    ...options,
+    hub,
+    limits,
+    writes: new WriteLimiter(limits),
+    clientAddressHeader: options.clientAddressHeader ?? null,
+  }, options.sockets);
   const { promise: listening, resolve } = Promise.withResolvers<number>();
   const server = Deno.serve({
     hostname: options.hostname,
     port: options.port,
     onListen: ({ port }) => resolve(port),
-  }, async (req) => {
+  }, async (req, info) => {
     const started = performance.now();
-    const response = await app.handle(req);
+    const response = await app.handle(req, info);
     if (response.status !== 101) {
       options.log.info("request", {
         method: req.method,

@@ -2,10 +2,13 @@
 import { initTRPC, TRPCError } from "@trpc/server";
 import superjson from "superjson";
 import { z, ZodError } from "zod";
-import { postgres } from "../db/mod.ts";
+import { postgres, type Sql } from "../db/mod.ts";
 import { getMembership } from "../db/rooms.ts";
 import { findUserByTokenHash } from "../db/users.ts";
 import type { Context } from "./context.ts";
+import { clip } from "./clip.ts";
+import { notMember, RetryableError, roomNotFound, unauthenticated } from "./errors.ts";
+import type { WriteKind } from "./rate_limit.ts";
 import { id } from "./schemas.ts";
 
 const t = initTRPC.context<Context>().create({
@@ -20,14 +23,47 @@ const t = initTRPC.context<Context>().create({
         code,
       }))
       : null;
-    const message = error.code === "INTERNAL_SERVER_ERROR"
-      ? "Internal server error"
-      : shape.message;
     // Stacks stay in the server's log, never in responses.
     const { stack: _stack, ...data } = shape.data;
-    return { ...shape, message, data: { ...data, zodIssues } };
+    return {
+      ...shape,
+      message: publicMessage(error, zodIssues),
+      data: {
+        ...data,
+        zodIssues,
+        /** Set on TOO_MANY_REQUESTS and SERVICE_UNAVAILABLE: wait this long, then retry. */
+        retryAfterMs: error instanceof RetryableError ? error.retryAfterMs : null,
+      },
+    };
   },
 });
+
+/**
+ * The message a client sees: ours, or a description of the input. When tRPC wraps an
+ * exception of the engine or of a library (JSON.parse, superjson, a stack overflow on deeply
+ * nested input) its text would leak out as the message ("Maximum call stack size exceeded");
+ * such messages are replaced by what was wrong with the request.
+ */
+function publicMessage(
+  error: TRPCError,
+  zodIssues: { path: PropertyKey[]; message: string }[] | null,
+): string {
+  if (error.code === "INTERNAL_SERVER_ERROR") return "Internal server error";
+  if (zodIssues) {
+    const listed = zodIssues.slice(0, 5).map((issue) =>
+      `${issue.path.map(String).join(".") || "input"}: ${issue.message}`
+    );
+    const more = zodIssues.length > 5 ? ` (and ${zodIssues.length - 5} more)` : "";
+    return clip(`Invalid input: ${listed.join("; ")}${more}`, 600);
+  }
+  const cause = error.cause;
+  const wrapsForeignError = cause instanceof Error && !(cause instanceof TRPCError) &&
+    error.message === cause.message;
+  if (!wrapsForeignError) return clip(error.message, 300);
+  if (cause instanceof RangeError) return "Invalid input: nested too deeply";
+  if (cause instanceof SyntaxError) return "Invalid input: the request is not valid JSON";
+  return "Invalid input: the request could not be decoded (expected tRPC's superjson format)";
+}
 
 /** Builds a router from procedures and sub-routers. */
 export const router = t.router;
@@ -55,36 +91,65 @@ export const authedProcedure = publicProcedure.use(
     const user = ctx.transport === "ws" && ctx.tokenHash
       ? await findUserByTokenHash(ctx.sql, ctx.tokenHash)
       : ctx.user;
-    if (!user || !ctx.tokenHash) {
-      throw new TRPCError({
-        code: "UNAUTHORIZED",
-        message: "Authentication required: send a valid token (Authorization: Bearer <token>, " +
-          "or connectionParams.token over WebSocket)",
-      });
-    }
+    if (!user || !ctx.tokenHash) throw unauthenticated();
     return next({ ctx: { user, tokenHash: ctx.tokenHash } });
   },
 );
 
-/** An authed caller who is a member of `input.roomId` (checked in Postgres). */
-export const memberProcedure = authedProcedure
-  .input(z.object({ roomId: id }))
-  .use(async function isMember({ ctx, input, next }) {
-    const membership = await getMembership(ctx.sql, input.roomId, ctx.user.id);
-    if (!membership.roomExists) {
-      throw new TRPCError({
-        code: "NOT_FOUND",
-        message: `Room not found: ${input.roomId}`,
-      });
-    }
-    if (!membership.isMember) {
-      throw new TRPCError({
-        code: "FORBIDDEN",
-        message: "Not a member of this room: join it first with rooms.join",
-      });
-    }
+/**
+ * A write by an anonymous caller (sign-up), counted against the client address and the
+ * connection; over the rate it is `TOO_MANY_REQUESTS` with `data.retryAfterMs`.
+ */
+export const signupProcedure = publicProcedure.use(async function limitSignups({ ctx, next }) {
+  await ctx.writes.consume("signups", {
+    userId: null,
+    connection: ctx.connection.key,
+    address: ctx.address,
+  });
+  return next();
+});
+
+/**
+ * An authed write of `kind`, counted against the user's rate and the connection's before any
+ * other work; over either it is `TOO_MANY_REQUESTS` with `data.retryAfterMs`.
+ */
+export function writeProcedure(kind: WriteKind) {
+  return authedProcedure.use(async function limitWrites({ ctx, next }) {
+    await ctx.writes.consume(kind, {
+      userId: ctx.user.id,
+      connection: ctx.connection.key,
+      address: ctx.address,
+    });
     return next();
   });
+}
+
+const roomInput = z.object({ roomId: id });
+
+/** Throws `NOT_FOUND` for an unknown room and `FORBIDDEN` for a non-member (checked in Postgres). */
+export async function requireMember(sql: Sql, roomId: string, userId: string): Promise<void> {
+  const membership = await getMembership(sql, roomId, userId);
+  if (!membership.roomExists) throw roomNotFound(roomId);
+  if (!membership.isMember) throw notMember();
+}
+
+/** An authed caller who is a member of `input.roomId` (checked in Postgres). */
+export const memberProcedure = authedProcedure
+  .input(roomInput)
+  .use(async function isMember({ ctx, input, next }) {
+    await requireMember(ctx.sql, input.roomId, ctx.user.id);
+    return next();
+  });
+
+/** A member's write of `kind`: rate-limited first, then the membership check. */
+export function memberWriteProcedure(kind: WriteKind) {
+  return writeProcedure(kind)
+    .input(roomInput)
+    .use(async function isMember({ ctx, input, next }) {
+      await requireMember(ctx.sql, input.roomId, ctx.user.id);
+      return next();
+    });
+}
 
 /** Maps a Postgres error to an API error, or returns undefined for errors that are ours (500). */
 function fromDatabaseError(cause: unknown): TRPCError | undefined {

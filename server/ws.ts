@@ -12,6 +12,8 @@ export interface NodeStyleRequest {
   method: "GET";
   url: string;
   headers: Record<string, string>;
+  /** The client's address (see `client_address.ts`), for per-connection limits. */
+  address: string;
 }
 
 /** Limits applied to every connection. */
@@ -40,16 +42,25 @@ export class DenoSocket {
   #limits: SocketLimits;
   #listeners = new Map<string, Set<Listener>>();
   #closeEmitted = false;
+  #abrupt = false;
   #closeTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(socket: WebSocket, limits: SocketLimits = DEFAULT_LIMITS) {
     this.#socket = socket;
     this.#limits = limits;
     socket.addEventListener("message", (event) => this.#onMessage(event));
-    socket.addEventListener("error", (event) => {
-      this.#emit("error", (event as ErrorEvent).error ?? new Error("WebSocket error"));
+    // Deno reports a peer that vanished without a close frame ("Unexpected EOF", a reset) as
+    // an error event. That is a routine disconnect, not a fault of ours: it is not passed to
+    // tRPC (which would report it as an internal error), only remembered for the close log.
+    socket.addEventListener("error", () => {
+      this.#abrupt = true;
     });
     socket.addEventListener("close", () => this.#emitClose());
+  }
+
+  /** True when the peer went away without a closing handshake. */
+  get abrupt(): boolean {
+    return this.#abrupt;
   }
 
   /** The underlying socket's state (0 connecting, 1 open, 2 closing, 3 closed). */
@@ -141,29 +152,91 @@ export class DenoSocket {
   }
 }
 
-/** True when a request asks to upgrade to a WebSocket. */
+/** True when a request asks to upgrade to a WebSocket (`Upgrade: websocket`). */
 export function isUpgrade(req: Request): boolean {
-  return req.headers.get("upgrade")?.toLowerCase() === "websocket";
+  return hasToken(req.headers.get("upgrade"), "websocket");
+}
+
+/** Why an upgrade request is refused: the HTTP status, a message, and headers to add. */
+export interface HandshakeRefusal {
+  status: 400 | 426;
+  message: string;
+  headers: Record<string, string>;
 }
 
 /**
- * Upgrades `req` and calls `onConnection` with the wrapped socket once it is open.
- * Returns the 101 response for `Deno.serve`.
+ * Checks an upgrade request against the opening handshake of RFC 6455 §4.2.1 before anything
+ * is upgraded: a GET, `Connection` listing `Upgrade`, `Upgrade` listing `websocket`, a
+ * `Sec-WebSocket-Key` that is base64 of 16 bytes, and `Sec-WebSocket-Version: 13`. A wrong
+ * version gets 426 with `Sec-WebSocket-Version: 13` (§4.4); anything else malformed, 400.
+ * Returns null for a valid handshake.
+ */
+export function checkHandshake(req: Request): HandshakeRefusal | null {
+  const refuse = (message: string): HandshakeRefusal => ({
+    status: 400,
+    message: `Malformed WebSocket upgrade request: ${message}`,
+    headers: {},
+  });
+  if (req.method !== "GET") return refuse("the method must be GET");
+  if (!hasToken(req.headers.get("connection"), "upgrade")) {
+    return refuse("the Connection header must list Upgrade");
+  }
+  if (!isUpgrade(req)) return refuse("the Upgrade header must list websocket");
+  const key = req.headers.get("sec-websocket-key")?.trim() ?? "";
+  if (!isNonceKey(key)) {
+    return refuse("Sec-WebSocket-Key must be 16 bytes in base64");
+  }
+  const version = req.headers.get("sec-websocket-version")?.trim();
+  if (version === undefined || version === "") {
+    return { ...refuse("Sec-WebSocket-Version is missing"), headers: VERSION_HEADER };
+  }
+  if (version !== "13") {
+    return {
+      status: 426,
+      message: "Unsupported WebSocket version: this server speaks version 13 (RFC 6455)",
+      headers: VERSION_HEADER,
+    };
+  }
+  return null;
+}
+
+const VERSION_HEADER = { "sec-websocket-version": "13" };
+
+/** True when a comma-separated header value lists `token` (case-insensitive, RFC 9110 §5.6.1). */
+function hasToken(value: string | null, token: string): boolean {
+  return value?.split(",").some((item) => item.trim().toLowerCase() === token) ?? false;
+}
+
+/** A Sec-WebSocket-Key: base64 of exactly 16 bytes, i.e. 22 characters and `==`. */
+function isNonceKey(key: string): boolean {
+  return /^[A-Za-z0-9+/]{21}[AQgw]==$/.test(key);
+}
+
+/**
+ * Upgrades `req` (already checked by `checkHandshake`) and calls `onConnection` with the
+ * wrapped socket once it is open. Returns the wrapped socket at once (to count it before it
+ * opens) and the 101 response for `Deno.serve`.
  */
 export function upgrade(
   req: Request,
-  onConnection: (socket: DenoSocket, req: NodeStyleRequest) => void,
-  limits: SocketLimits = DEFAULT_LIMITS,
-): Response {
+  options: {
+    /** The client's address, passed on to tRPC's context. */
+    address: string;
+    onConnection: (socket: DenoSocket, req: NodeStyleRequest) => void;
+    limits?: SocketLimits;
+  },
+): { socket: DenoSocket; response: Response } {
+  const { address, onConnection, limits = DEFAULT_LIMITS } = options;
   // Read everything from the request first: after the upgrade it is closed.
   const url = new URL(req.url);
   const nodeReq: NodeStyleRequest = {
     method: "GET",
     url: url.pathname + url.search,
     headers: Object.fromEntries(req.headers),
+    address,
   };
   const { socket, response } = Deno.upgradeWebSocket(req);
   const wrapped = new DenoSocket(socket, limits);
   socket.addEventListener("open", () => onConnection(wrapped, nodeReq), { once: true });
-  return response;
+  return { socket: wrapped, response };
 }

@@ -16,6 +16,7 @@ import { startEmbedded } from "../db/embedded.ts";
 import { connect, type Sql } from "../db/mod.ts";
 import { migrate } from "../db/migrate.ts";
 import type { SocketOptions } from "../server/app.ts";
+import { type AbuseLimits, DEFAULT_ABUSE_LIMITS } from "../server/limits.ts";
 import type { LogFields, Logger } from "../server/log.ts";
 import { createOriginPolicy } from "../server/origin.ts";
 import type { AppRouter } from "../server/router.ts";
@@ -111,9 +112,39 @@ export interface TestEnv extends AsyncDisposable {
   log: MemoryLogger;
 }
 
-/** Starts a server on a fresh, migrated database (or, with `db`, a second one on the same). */
+/**
+ * Write rates off, for tests that send in bulk to prove something else (ordering, fan-out);
+ * caps stay. Tests of the limits themselves use the defaults.
+ */
+export const BULK_LIMITS: Partial<AbuseLimits> = {
+  sends: null,
+  joins: null,
+  creates: null,
+  signups: null,
+  connectionWrites: null,
+};
+
+/** The same as environment variables, for tests that start `main.ts` in a subprocess. */
+export const BULK_LIMITS_ENV: Record<string, string> = {
+  RATE_LIMIT_SENDS: "off",
+  RATE_LIMIT_JOINS: "off",
+  RATE_LIMIT_CREATES: "off",
+  RATE_LIMIT_SIGNUPS: "off",
+  RATE_LIMIT_CONNECTION_WRITES: "off",
+};
+
+/**
+ * Starts a server on a fresh, migrated database (or, with `db`, a second one on the same).
+ * `limits` overrides some of the production defaults.
+ */
 export async function startTestEnv(
-  options: { origins?: string; db?: TestDatabase; sockets?: SocketOptions } = {},
+  options: {
+    origins?: string;
+    db?: TestDatabase;
+    sockets?: SocketOptions;
+    limits?: Partial<AbuseLimits>;
+    clientAddressHeader?: string;
+  } = {},
 ): Promise<TestEnv> {
   const db = options.db ?? await createTestDatabase();
   const sql = connect(db.url, { max: POOL_MAX });
@@ -127,6 +158,8 @@ export async function startTestEnv(
     port: 0,
     sockets: options.sockets,
     crossInstance: !EMBEDDED,
+    limits: { ...DEFAULT_ABUSE_LIMITS, ...options.limits },
+    clientAddressHeader: options.clientAddressHeader ?? null,
   });
   return {
     url: server.url,

@@ -5,6 +5,8 @@ import { createApp } from "../server/app.ts";
 import { Hub } from "../server/hub.ts";
 import type { Sql } from "../db/mod.ts";
 import { client, errorCode, memoryLogger, startTestEnv } from "./_helpers.ts";
+import { DEFAULT_ABUSE_LIMITS } from "../server/limits.ts";
+import { WriteLimiter } from "../server/rate_limit.ts";
 
 Deno.test("plain HTTP routes", async (t) => {
   await using env = await startTestEnv();
@@ -83,6 +85,9 @@ function serveApp(sql: Sql) {
     log,
     hub: new Hub(sql, log),
     origins: createOriginPolicy("http://localhost:3000"),
+    limits: DEFAULT_ABUSE_LIMITS,
+    writes: new WriteLimiter(DEFAULT_ABUSE_LIMITS),
+    clientAddressHeader: null,
   });
   const ac = new AbortController();
   const server = Deno.serve(

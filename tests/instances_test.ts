@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import postgres from "postgres";
 import type { Message } from "../db/messages.ts";
 import {
+  BULK_LIMITS,
   createTestDatabase,
   needsRealPostgres,
   signUp,
@@ -15,8 +16,8 @@ import {
 const NAME = "two instances on one database deliver identical sequences";
 Deno.test({ name: NAME, ignore: needsRealPostgres(NAME) }, async (t) => {
   await using db = await createTestDatabase();
-  await using one = await startTestEnv({ db });
-  await using two = await startTestEnv({ db });
+  await using one = await startTestEnv({ db, limits: BULK_LIMITS });
+  await using two = await startTestEnv({ db, limits: BULK_LIMITS });
   const instances = [one, two];
   const users = await Promise.all(
     instances.flatMap((env) => [signUp(env), signUp(env)]),

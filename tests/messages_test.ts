@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
-import { callError, client, errorCode, signUp, startTestEnv } from "./_helpers.ts";
+import { BULK_LIMITS, callError, client, errorCode, signUp, startTestEnv } from "./_helpers.ts";
 
 const UNKNOWN_ROOM = "00000000-0000-4000-8000-000000000000";
 
 Deno.test("messages", async (t) => {
-  await using env = await startTestEnv();
+  await using env = await startTestEnv({ limits: BULK_LIMITS });
   const alice = await signUp(env, { avatarUrl: "https://cdn.example.com/alice.png" });
   const bob = await signUp(env);
   const room = await alice.api.rooms.create.mutate({ name: "General" });

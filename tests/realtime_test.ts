@@ -6,6 +6,7 @@ import { Hub } from "../server/hub.ts";
 import { appRouter } from "../server/router.ts";
 import { createCallerFactory } from "../server/trpc.ts";
 import {
+  BULK_LIMITS,
   client,
   memoryLogger,
   needsRealPostgres,
@@ -18,6 +19,8 @@ import {
   wsClient,
   type WsClientOptions,
 } from "./_helpers.ts";
+import { DEFAULT_ABUSE_LIMITS } from "../server/limits.ts";
+import { WriteLimiter } from "../server/rate_limit.ts";
 
 const ALLOWED_ORIGIN = "https://app.example.com";
 
@@ -43,7 +46,7 @@ function range(from: number, to: number): number[] {
 }
 
 Deno.test("realtime", async (t) => {
-  await using env = await startTestEnv();
+  await using env = await startTestEnv({ limits: BULK_LIMITS });
   const alice = await signUp(env, { avatarUrl: "https://cdn.example.com/alice.png" });
   const bob = await signUp(env, { avatarUrl: "https://cdn.example.com/bob.png" });
   const room = await alice.api.rooms.create.mutate({ name: "Live" });
@@ -271,7 +274,11 @@ Deno.test("a subscription cancelled during setup or before it is read leaves not
     sql: env.sql,
     log,
     hub,
+    limits: DEFAULT_ABUSE_LIMITS,
+    writes: new WriteLimiter(DEFAULT_ABUSE_LIMITS),
     transport: "ws" as const,
+    address: "127.0.0.1",
+    connection: { key: "ws:test", subscriptions: 0 },
     user: alice.user,
     tokenHash: await hashToken(alice.token),
   };
@@ -301,4 +308,6 @@ Deno.test("a subscription cancelled during setup or before it is read leaves not
   ac.abort();
   await stream[Symbol.asyncIterator]().return?.();
   assert.deepEqual(hub.stats(), { rooms: 0, listeners: 0, holders: 0 });
+  // Every subscription gave back its place under the per-socket cap.
+  assert.equal(context.connection.subscriptions, 0);
 });

@@ -5,6 +5,8 @@
 import assert from "node:assert/strict";
 import type { Message } from "../db/messages.ts";
 import {
+  BULK_LIMITS,
+  BULK_LIMITS_ENV,
   client,
   createTestDatabase,
   EMBEDDED,
@@ -238,7 +240,10 @@ Deno.test(
       /^parley listening on (http:\/\/127\.0\.0\.1:\d+) \(origins: (.*)\)$/,
     );
     assert.equal(origins, "https://app.example.com");
-    assert.ok(server.stdout.includes("Applied migrations: 00001_init"), server.stdout.join("\n"));
+    assert.ok(
+      server.stdout.some((line) => line.startsWith("Applied migrations: 00001_init")),
+      server.stdout.join("\n"),
+    );
 
     const health = await fetch(`${url}/health`);
     assert.equal(health.status, 200);
@@ -396,13 +401,14 @@ Deno.test({ name: DRAIN, ignore: needsRealPostgres(DRAIN) }, async () => {
     PORT: "0",
     HOST: "127.0.0.1",
     ALLOWED_ORIGINS: "https://app.example.com",
+    ...BULK_LIMITS_ENV,
   });
   const [, doomedUrl] = await doomed.waitForLine(
     "stdout",
     /^parley listening on (http:\/\/127\.0\.0\.1:\d+) /,
   );
   // The instance that takes over, on the same database.
-  await using next = await startTestEnv({ db });
+  await using next = await startTestEnv({ db, limits: BULK_LIMITS });
   const alice = await signUp(next);
   const room = await alice.api.rooms.create.mutate({ name: "Deploy" });
 

@@ -4,9 +4,17 @@ import { z } from "zod";
 import { listMessages, type Message, sendMessage } from "../../db/messages.ts";
 import { getLastSeq, getMembership } from "../../db/rooms.ts";
 import { findUserByTokenHash } from "../../db/users.ts";
+import { clip } from "../clip.ts";
+import {
+  notMember,
+  resyncRequired,
+  roomNotFound,
+  tokenRevoked,
+  tooManySubscriptions,
+} from "../errors.ts";
 import { Inbox } from "../inbox.ts";
 import { content, id, limit, seq } from "../schemas.ts";
-import { authedProcedure, memberProcedure, router } from "../trpc.ts";
+import { authedProcedure, memberProcedure, memberWriteProcedure, router } from "../trpc.ts";
 
 /** Most messages a reconnecting subscriber may replay; beyond it the client must reload. */
 export const MAX_REPLAY = 1000;
@@ -16,23 +24,9 @@ const MAX_QUEUED = 10_000;
 
 const REPLAY_BATCH = 200;
 
-function resyncRequired(reason: string): TRPCError {
-  return new TRPCError({
-    code: "PRECONDITION_FAILED",
-    message: `Resync required: ${reason}; reload with messages.list and subscribe again`,
-  });
-}
-
-function notMember(): TRPCError {
-  return new TRPCError({
-    code: "FORBIDDEN",
-    message: "Not a member of this room: join it first with rooms.join",
-  });
-}
-
 /** Procedures on messages. */
 export const messagesRouter = router({
-  send: memberProcedure
+  send: memberWriteProcedure("sends")
     .input(z.object({ content, clientMessageId: id.optional() }))
     .mutation(async ({ ctx, input }) => {
       const result = await sendMessage(ctx.sql, {
@@ -80,6 +74,11 @@ export const messagesRouter = router({
       // Access checks and registration with the hub happen here, before tRPC answers
       // "started": a client that sends right after onStarted is already being listened to.
       const { roomId } = input;
+      const { connection } = ctx;
+      if (connection.subscriptions >= ctx.limits.subscriptionsPerSocket) {
+        throw tooManySubscriptions(ctx.limits.subscriptionsPerSocket);
+      }
+      connection.subscriptions++;
       const inbox = new Inbox<Message>(
         MAX_QUEUED,
         () => resyncRequired("this subscriber fell too far behind"),
@@ -90,17 +89,16 @@ export const messagesRouter = router({
         { roomId, userId: ctx.user.id, tokenHash: ctx.tokenHash },
         (reason) =>
           inbox.fail(
-            reason === "logged_out"
-              ? new TRPCError({ code: "UNAUTHORIZED", message: "Token was revoked: sign in again" })
-              : new TRPCError({
-                code: "FORBIDDEN",
-                message: reason === "left" ? "You left this room" : "Access to this room ended",
-              }),
+            reason === "logged_out" ? tokenRevoked() : new TRPCError({
+              code: "FORBIDDEN",
+              message: reason === "left" ? "You left this room" : "Access to this room ended",
+            }),
           ),
       );
       let released = false;
       let unsubscribe = () => {};
       const release = () => {
+        if (!released) connection.subscriptions--;
         released = true;
         unsubscribe();
         unwatch();
@@ -117,15 +115,10 @@ export const messagesRouter = router({
       let from: number;
       let lastSeq: number;
       try {
-        if (!(await findUserByTokenHash(ctx.sql, ctx.tokenHash))) {
-          throw new TRPCError({
-            code: "UNAUTHORIZED",
-            message: "Token was revoked: sign in again",
-          });
-        }
+        if (!(await findUserByTokenHash(ctx.sql, ctx.tokenHash))) throw tokenRevoked();
         const membership = await getMembership(ctx.sql, roomId, ctx.user.id);
         if (!membership.roomExists) {
-          throw new TRPCError({ code: "NOT_FOUND", message: `Room not found: ${roomId}` });
+          throw roomNotFound(roomId);
         }
         if (!membership.isMember) throw notMember();
         // Listen first, then read the backlog, so nothing falls in between.
@@ -138,7 +131,7 @@ export const messagesRouter = router({
           const text = input.lastEventId;
           from = /^\d{1,15}$/.test(text) ? Number(text) : NaN;
           if (!(from <= lastSeq)) {
-            throw resyncRequired(`lastEventId "${text.slice(0, 40)}" is not a seq of this room`);
+            throw resyncRequired(`lastEventId "${clip(text, 40)}" is not a seq of this room`);
           }
           if (lastSeq - from > MAX_REPLAY) {
             throw resyncRequired(

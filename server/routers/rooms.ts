@@ -1,5 +1,6 @@
 /** `rooms.*`: create, browse, update, join, leave, members. */
 import { TRPCError } from "@trpc/server";
+import { roomNotFound } from "../errors.ts";
 import { z } from "zod";
 import {
   createRoom,
@@ -11,20 +12,13 @@ import {
   updateRoom,
 } from "../../db/rooms.ts";
 import { id, imageUrl, limit, roomName } from "../schemas.ts";
-import { authedProcedure, memberProcedure, publicProcedure, router } from "../trpc.ts";
+import { memberProcedure, publicProcedure, router, writeProcedure } from "../trpc.ts";
 
 const roomInput = z.object({ roomId: id });
 
-function roomNotFound(roomId: string): TRPCError {
-  return new TRPCError({
-    code: "NOT_FOUND",
-    message: `Room not found: ${roomId}`,
-  });
-}
-
 /** Procedures on rooms and membership. */
 export const roomsRouter = router({
-  create: authedProcedure
+  create: writeProcedure("creates")
     .input(z.object({ name: roomName, thumbnailUrl: imageUrl.optional() }))
     .mutation(({ ctx, input }) =>
       createRoom(ctx.sql, {
@@ -49,7 +43,7 @@ export const roomsRouter = router({
     return room;
   }),
 
-  update: authedProcedure
+  update: writeProcedure("creates")
     .input(
       z.object({
         roomId: id,
@@ -68,13 +62,13 @@ export const roomsRouter = router({
       });
     }),
 
-  join: authedProcedure.input(roomInput).mutation(async ({ ctx, input }) => {
+  join: writeProcedure("joins").input(roomInput).mutation(async ({ ctx, input }) => {
     const member = await joinRoom(ctx.sql, input.roomId, ctx.user.id);
     if (!member) throw roomNotFound(input.roomId);
     return member;
   }),
 
-  leave: authedProcedure.input(roomInput).mutation(async ({ ctx, input }) => {
+  leave: writeProcedure("joins").input(roomInput).mutation(async ({ ctx, input }) => {
     const left = await leaveRoom(ctx.sql, input.roomId, ctx.user.id);
     if (left) await ctx.hub.announceLeave(input.roomId, ctx.user.id);
     else if (!(await getRoom(ctx.sql, input.roomId))) throw roomNotFound(input.roomId);

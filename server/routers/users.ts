@@ -4,11 +4,11 @@ import { z } from "zod";
 import { createUser, revokeToken, updateUser } from "../../db/users.ts";
 import { hashToken, newToken } from "../auth.ts";
 import { imageUrl, username } from "../schemas.ts";
-import { authedProcedure, publicProcedure, router } from "../trpc.ts";
+import { authedProcedure, router, signupProcedure, writeProcedure } from "../trpc.ts";
 
 /** Procedures on users. */
 export const usersRouter = router({
-  create: publicProcedure
+  create: signupProcedure
     .input(z.object({ username, avatarUrl: imageUrl.optional() }))
     .mutation(async ({ ctx, input }) => {
       const token = newToken();
@@ -22,7 +22,7 @@ export const usersRouter = router({
 
   me: authedProcedure.query(({ ctx }) => ctx.user),
 
-  update: authedProcedure
+  update: writeProcedure("creates")
     .input(
       z.object({
         username: username.optional(),
@@ -40,7 +40,7 @@ export const usersRouter = router({
       return user;
     }),
 
-  logout: authedProcedure.mutation(async ({ ctx }) => {
+  logout: writeProcedure("creates").mutation(async ({ ctx }) => {
     if (await revokeToken(ctx.sql, ctx.tokenHash)) await ctx.hub.announceLogout(ctx.tokenHash);
     return { ok: true as const };
   }),

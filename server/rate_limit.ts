@@ -1,0 +1,66 @@
+/**
+ * Rate limits on writes, on rate-limiter-flexible's in-memory limiter (fixed windows per key,
+ * expiry timers unref'd): a maintained library rather than our own counters.
+ */
+import { RateLimiterMemory, RateLimiterRes } from "rate-limiter-flexible";
+import { rateLimited } from "./errors.ts";
+import type { AbuseLimits, Rate } from "./limits.ts";
+
+/** The kinds of write that have a rate of their own. */
+export type WriteKind = "sends" | "joins" | "creates" | "signups";
+
+/** Who a write is counted against: the acting user (absent for sign-ups) and the connection. */
+export interface WriteKeys {
+  /** The user's id; sign-ups, which have none, count against the client address instead. */
+  userId: string | null;
+  /**
+   * The WebSocket connection (`ws:<uuid>`), or null over HTTP, where a "connection" would be
+   * the client address that everyone behind one NAT shares: there the user's rate applies.
+   */
+  connection: string | null;
+  /** The client address, for sign-ups. */
+  address: string;
+}
+
+const WHAT: Record<WriteKind, string> = {
+  sends: "too many messages",
+  joins: "too many joins and leaves",
+  creates: "too many creates and updates",
+  signups: "too many sign-ups from this address",
+};
+
+/** The per-instance write limiter. */
+export class WriteLimiter {
+  #kinds = new Map<WriteKind, RateLimiterMemory>();
+  #connection: RateLimiterMemory | null;
+
+  constructor(limits: AbuseLimits) {
+    for (const kind of Object.keys(WHAT) as WriteKind[]) {
+      const rate = limits[kind];
+      if (rate) this.#kinds.set(kind, limiter(rate));
+    }
+    this.#connection = limits.connectionWrites ? limiter(limits.connectionWrites) : null;
+  }
+
+  /**
+   * Counts one write of `kind`. Throws `TOO_MANY_REQUESTS` (a `RetryableError` with
+   * `retryAfterMs`) when the user, the address or the connection is over its rate.
+   */
+  async consume(kind: WriteKind, keys: WriteKeys): Promise<void> {
+    const kindLimiter = this.#kinds.get(kind);
+    const key = kind === "signups" ? `a:${keys.address}` : `u:${keys.userId}`;
+    let what = WHAT[kind];
+    try {
+      await kindLimiter?.consume(key);
+      what = "too many writes on this connection";
+      if (keys.connection !== null) await this.#connection?.consume(keys.connection);
+    } catch (rejection) {
+      if (!(rejection instanceof RateLimiterRes)) throw rejection;
+      throw rateLimited(what, rejection.msBeforeNext);
+    }
+  }
+}
+
+function limiter(rate: Rate): RateLimiterMemory {
+  return new RateLimiterMemory({ points: rate.points, duration: rate.seconds });
+}
