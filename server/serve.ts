@@ -59,6 +59,14 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     hostname: options.hostname,
     port: options.port,
     onListen: ({ port }) => resolve(port),
+    // A handler that throws is a bug of ours: log it with its stack, answer a bare 500.
+    onError(error) {
+      options.log.error("Request handler failed", error);
+      return new Response(JSON.stringify({ error: { code: "INTERNAL_SERVER_ERROR" } }), {
+        status: 500,
+        headers: { "content-type": "application/json" },
+      });
+    },
   }, async (req, info) => {
     const started = performance.now();
     const response = await app.handle(req, info);

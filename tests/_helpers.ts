@@ -332,3 +332,18 @@ export async function upgradeStatus(
   conn.close();
   return new TextDecoder().decode(buffer.subarray(0, n ?? 0)).split("\r\n")[0];
 }
+
+/** A masked client text frame (RFC 6455 §5.2) of less than 64 KiB, for a hand-driven WebSocket. */
+export function clientFrame(payload: string | Uint8Array): Uint8Array {
+  const bytes = typeof payload === "string" ? new TextEncoder().encode(payload) : payload;
+  if (bytes.length >= 65536) throw new Error("clientFrame: payload too large");
+  const header = bytes.length < 126
+    ? [0x81, 0x80 | bytes.length]
+    : [0x81, 0x80 | 126, bytes.length >> 8, bytes.length & 255];
+  const mask = crypto.getRandomValues(new Uint8Array(4));
+  const out = new Uint8Array(header.length + 4 + bytes.length);
+  out.set(header);
+  out.set(mask, header.length);
+  bytes.forEach((byte, i) => out[header.length + 4 + i] = byte ^ mask[i % 4]);
+  return out;
+}

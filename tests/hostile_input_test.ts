@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { createLogger } from "../server/log.ts";
 import { MAX_HEADER_BYTES, MAX_URL_BYTES } from "../server/limits.ts";
-import { rawUpgrade, signUp, startTestEnv, waitFor } from "./_helpers.ts";
+import { clientFrame, rawUpgrade, signUp, startTestEnv, waitFor } from "./_helpers.ts";
 
 /** Sends a raw HTTP/1.1 request and returns the status code and the headers of the answer. */
 async function rawRequest(url: string, lines: string[]): Promise<{
@@ -217,6 +217,19 @@ Deno.test("a body that is not UTF-8, or a query that is not, is refused and stor
   const query = await fetch(`${env.url}/trpc/rooms.list?input=%E0%A4%A`);
   assert.equal(query.status, 400);
   await query.body?.cancel();
+  // A WebSocket text frame that is not UTF-8 ends the connection (RFC 6455 §8.1) before
+  // tRPC sees it.
+  const conn = await rawUpgrade(env.url);
+  await conn.read(new Uint8Array(4096)); // the 101
+  const send = JSON.stringify({
+    id: 1,
+    method: "mutation",
+    params: { path: "messages.send", input: { json: { roomId: room.id, content: "aXb" } } },
+  });
+  const payload = encode(send).map((byte) => byte === 0x58 /* X */ ? 0xff : byte);
+  await conn.write(clientFrame(payload));
+  assert.equal(await conn.read(new Uint8Array(4096)), null, "the server closed the connection");
+  conn.close();
   assert.equal((await alice.api.messages.list.query({ roomId: room.id })).items.length, 0);
 });
 

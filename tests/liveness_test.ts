@@ -1,21 +1,6 @@
 /** Dead and slow WebSocket clients cannot hold server resources forever. */
 import assert from "node:assert/strict";
-import { rawUpgrade, signUp, startTestEnv, waitFor } from "./_helpers.ts";
-
-/** A masked client text frame (RFC 6455), for a hand-driven WebSocket. */
-function clientFrame(text: string): Uint8Array {
-  const payload = new TextEncoder().encode(text);
-  assert.ok(payload.length < 65536);
-  const header = payload.length < 126
-    ? [0x81, 0x80 | payload.length]
-    : [0x81, 0x80 | 126, payload.length >> 8, payload.length & 255];
-  const mask = crypto.getRandomValues(new Uint8Array(4));
-  const out = new Uint8Array(header.length + 4 + payload.length);
-  out.set(header);
-  out.set(mask, header.length);
-  payload.forEach((byte, i) => out[header.length + 4 + i] = byte ^ mask[i % 4]);
-  return out;
-}
+import { clientFrame, rawUpgrade, signUp, startTestEnv, waitFor } from "./_helpers.ts";
 
 Deno.test("a client that never answers keep-alive pings is dropped", async () => {
   await using env = await startTestEnv({
