@@ -1,5 +1,5 @@
 /** Entry point: configuration from the environment, the database, migrations, the server. */
-import { startEmbedded } from "./db/embedded.ts";
+import { type EmbeddedPostgres, startEmbedded } from "./db/embedded.ts";
 import { connect } from "./db/mod.ts";
 import { migrate } from "./db/migrate.ts";
 import { ConfigError, loadConfig } from "./server/config.ts";
@@ -18,7 +18,7 @@ async function main(): Promise<void> {
   const log = createLogger(config.logFormat);
   for (const warning of config.warnings) log.warn(`Warning: ${warning}`);
 
-  let embedded = null;
+  let embedded: EmbeddedPostgres | null = null;
   if (config.databaseUrl === null) {
     try {
       embedded = await startEmbedded(config.pgliteDir);
@@ -50,15 +50,27 @@ async function main(): Promise<void> {
   }
 
   const server = await serve({ ...config, sql, log, crossInstance: embedded === null });
-  // Registered before the "listening" line, so a SIGTERM right after it still drains.
-  Deno.addSignalListener("SIGTERM", async () => {
-    log.info("SIGTERM: draining");
+  // Registered before the "listening" line, so a signal right after it still drains.
+  // SIGTERM (a deploy) and SIGINT (Ctrl-C) drain alike; a second SIGINT exits at once.
+  let stopping = false;
+  async function stop(signal: "SIGTERM" | "SIGINT"): Promise<void> {
+    if (stopping) {
+      if (signal === "SIGINT") {
+        log.warn("Second SIGINT: exiting without finishing the drain");
+        Deno.exit(130);
+      }
+      return;
+    }
+    stopping = true;
+    log.info(`${signal}: draining`);
     await server.shutdown({ graceMs: 1000 });
     await sql.end({ timeout: 0.5 });
     await embedded?.close();
     log.info("Drained: exiting");
     Deno.exit(0);
-  });
+  }
+  Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));
+  Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
   log.info(
     `parley listening on http://${config.hostname}:${server.port} (origins: ${
       config.origins.rules.map((rule) => rule.source).join(", ") || "none"

@@ -12,7 +12,7 @@ import { clientAddress } from "./client_address.ts";
 import { type ContextDeps, createContext } from "./context.ts";
 import { RetryableError } from "./errors.ts";
 import { MAX_BATCH_SIZE, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_URL_BYTES } from "./limits.ts";
-import { corsHeaders, PREFLIGHT_HEADERS } from "./origin.ts";
+import { corsHeaders, type OriginDecision, PREFLIGHT_HEADERS } from "./origin.ts";
 import { type AppRouter, appRouter } from "./router.ts";
 import { checkHandshake, type DenoSocket, isUpgrade, type SocketLimits, upgrade } from "./ws.ts";
 
@@ -103,7 +103,29 @@ export function createApp(deps: AppDeps, options: SocketOptions = {}): App {
     return response;
   }
 
+  /**
+   * Every answer but a 101 carries CORS headers for an allowed origin, refusals and the
+   * drain's 503 included: a browser that cannot read a response sees only a CORS error.
+   */
   async function handle(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response> {
+    const decision = deps.origins.check(req.headers.get("origin"));
+    const response = await route(req, info, decision);
+    if (response.status === 101) return response;
+    const headers = new Headers(response.headers);
+    for (
+      const [name, value] of Object.entries(corsHeaders(decision.allowed ? decision.origin : null))
+    ) {
+      headers.set(name, value);
+    }
+    if (!headers.get("vary")?.toLowerCase().includes("origin")) headers.append("vary", "Origin");
+    return new Response(response.body, { status: response.status, headers });
+  }
+
+  async function route(
+    req: Request,
+    info: Deno.ServeHandlerInfo | undefined,
+    decision: OriginDecision,
+  ): Promise<Response> {
     const url = new URL(req.url);
     const isTrpc = url.pathname === "/trpc" || url.pathname.startsWith("/trpc/");
     // tRPC's client reads error bodies of calls; a preflight's body nobody reads.
@@ -111,13 +133,15 @@ export function createApp(deps: AppDeps, options: SocketOptions = {}): App {
     const fail = (status: number, code: string, message: string, headers = {}) =>
       errorResponse({ status, code, message, trpc: trpcShaped, headers });
     if (draining) {
+      if (req.method === "OPTIONS" && decision.allowed) {
+        return new Response(null, { status: 204, headers: PREFLIGHT_HEADERS });
+      }
       return fail(503, "SERVICE_UNAVAILABLE", "Server is restarting: retry shortly", {
         "retry-after": "1",
       });
     }
     const sizeProblem = checkRequestSize(req, url);
     if (sizeProblem) return fail(sizeProblem.status, sizeProblem.code, sizeProblem.message);
-    const decision = deps.origins.check(req.headers.get("origin"));
     const wantsSocket = isTrpc && isUpgrade(req);
     // tRPC calls over HTTP are refused by context creation (FORBIDDEN); everything else here,
     // WebSocket upgrades included: a refused origin never gets a 101.
@@ -155,30 +179,16 @@ export function createApp(deps: AppDeps, options: SocketOptions = {}): App {
       }
       return acceptSocket(req, address, decision.origin);
     }
-    let response: Response;
     if (req.method === "OPTIONS") {
-      response = new Response(null, { status: 204, headers: PREFLIGHT_HEADERS });
-    } else if (isTrpc) {
-      response = await handleTrpc(deps, req, address);
-    } else if (url.pathname === "/health" && (req.method === "GET" || req.method === "HEAD")) {
-      response = (await ping(deps.sql, 1000))
+      return new Response(null, { status: 204, headers: PREFLIGHT_HEADERS });
+    }
+    if (isTrpc) return await handleTrpc(deps, req, address);
+    if (url.pathname === "/health" && (req.method === "GET" || req.method === "HEAD")) {
+      return (await ping(deps.sql, 1000))
         ? json(200, { status: "ok", db: "ok" })
         : json(503, { status: "degraded", db: "down" });
-    } else {
-      response = fail(
-        404,
-        "NOT_FOUND",
-        `No route for ${clip(req.method, 16)} ${clip(url.pathname)}`,
-      );
     }
-    const headers = new Headers(response.headers);
-    for (
-      const [name, value] of Object.entries(corsHeaders(decision.allowed ? decision.origin : null))
-    ) {
-      headers.set(name, value);
-    }
-    if (!headers.get("vary")?.toLowerCase().includes("origin")) headers.append("vary", "Origin");
-    return new Response(response.body, { status: response.status, headers });
+    return fail(404, "NOT_FOUND", `No route for ${clip(req.method, 16)} ${clip(url.pathname)}`);
   }
 
   return {

@@ -7,6 +7,7 @@ import type { Message } from "../db/messages.ts";
 import {
   BULK_LIMITS,
   BULK_LIMITS_ENV,
+  callError,
   client,
   createTestDatabase,
   EMBEDDED,
@@ -206,9 +207,15 @@ async function spawnServer(env: Record<string, string>): Promise<ServerProcess> 
   };
 }
 
-/** Sends SIGTERM; returns the exit status, or null if the process outlived `SIGTERM_EXIT_MS`. */
-async function terminate(server: ServerProcess): Promise<Deno.CommandStatus | null> {
-  server.child.kill("SIGTERM");
+/**
+ * Sends `signal` (SIGTERM by default); returns the exit status, or null if the process
+ * outlived `SIGTERM_EXIT_MS`.
+ */
+async function terminate(
+  server: ServerProcess,
+  signal: Deno.Signal = "SIGTERM",
+): Promise<Deno.CommandStatus | null> {
+  server.child.kill(signal);
   let timer: ReturnType<typeof setTimeout> | undefined;
   const late = new Promise<null>((resolve) => {
     timer = setTimeout(() => resolve(null), SIGTERM_EXIT_MS);
@@ -456,4 +463,81 @@ Deno.test({ name: DRAIN, ignore: needsRealPostgres(DRAIN) }, async () => {
     sub.unsubscribe();
     await subscriber.close();
   }
+});
+
+/** A raw WebSocket that records its frames and does not obey the reconnect notice. */
+async function stubbornSocket(url: string) {
+  const socket = new WebSocket(`${url.replace("http", "ws")}/trpc`, {
+    headers: { origin: "https://app.example.com" },
+  });
+  const frames: string[] = [];
+  socket.onmessage = (event) => void frames.push(String(event.data));
+  await new Promise((resolve) => socket.onopen = resolve);
+  return { socket, frames };
+}
+
+Deno.test("Ctrl-C (SIGINT) drains like SIGTERM; a second Ctrl-C exits at once", async () => {
+  await using db = await serverDatabase();
+  {
+    await using server = await spawnServer({
+      ...db.env,
+      PORT: "0",
+      HOST: "127.0.0.1",
+      ALLOWED_ORIGINS: "https://app.example.com",
+    });
+    const [, url] = await server.waitForLine("stdout", /^parley listening on (http:\S+) /);
+    const { frames } = await stubbornSocket(url);
+    const status = await terminate(server, "SIGINT");
+    assert.equal(status?.code, 0, server.stderr.join("\n"));
+    assert.ok(server.stdout.includes("SIGINT: draining"));
+    assert.ok(frames.includes(JSON.stringify({ id: null, method: "reconnect" })), frames.join());
+  }
+  {
+    await using server = await spawnServer({
+      ...db.env,
+      PORT: "0",
+      HOST: "127.0.0.1",
+      ALLOWED_ORIGINS: "https://app.example.com",
+    });
+    const [, url] = await server.waitForLine("stdout", /^parley listening on (http:\S+) /);
+    await stubbornSocket(url); // holds the drain open for its whole grace period
+    server.child.kill("SIGINT");
+    await server.waitForLine("stdout", /^SIGINT: draining$/, 2_000);
+    const started = Date.now();
+    server.child.kill("SIGINT");
+    const status = await server.finished();
+    assert.equal(status.code, 130);
+    assert.ok(Date.now() - started < 900, `${Date.now() - started} ms after the second SIGINT`);
+  }
+});
+
+Deno.test("during the drain every answer is a tRPC error with CORS headers and Retry-After", async () => {
+  await using env = await startTestEnv({ origins: "https://app.example.com" });
+  const alice = await signUp(env);
+  const { socket } = await stubbornSocket(env.url); // keeps the drain open
+  const closed = new Promise((resolve) => socket.onclose = resolve);
+  const draining = env.server.shutdown({ graceMs: 1500 });
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  const origin = "https://app.example.com";
+  const res = await fetch(`${env.url}/trpc/users.me`, {
+    headers: { origin, authorization: `Bearer ${alice.token}` },
+  });
+  assert.equal(res.status, 503);
+  assert.equal(res.headers.get("access-control-allow-origin"), origin);
+  assert.equal(res.headers.get("retry-after"), "1");
+  const body = await res.json();
+  assert.equal(body.error.json.data.code, "SERVICE_UNAVAILABLE");
+  assert.equal(body.error.json.data.retryAfterMs, 1000);
+  // The tRPC client reads it as a TRPCClientError, not "Unable to transform response".
+  const error = await callError(client(env, { origin, token: alice.token }).users.me.query());
+  assert.equal(error.data?.code, "SERVICE_UNAVAILABLE");
+  // A preflight still passes, so the browser can read the 503 itself.
+  const preflight = await fetch(`${env.url}/trpc/users.me`, {
+    method: "OPTIONS",
+    headers: { origin, "access-control-request-method": "GET" },
+  });
+  assert.equal(preflight.status, 204);
+  assert.equal(preflight.headers.get("access-control-allow-origin"), origin);
+  await draining;
+  await closed;
 });
