@@ -1,5 +1,5 @@
 /** Entry point: configuration from the environment, the database, migrations, the server. */
-import { type EmbeddedPostgres, startEmbedded } from "./db/embedded.ts";
+import { DataDirInUseError, type EmbeddedPostgres, startEmbedded } from "./db/embedded.ts";
 import { connect } from "./db/mod.ts";
 import { migrate } from "./db/migrate.ts";
 import { ConfigError, loadConfig } from "./server/config.ts";
@@ -18,12 +18,23 @@ async function main(): Promise<void> {
   const log = createLogger(config.logFormat);
   for (const warning of config.warnings) log.warn(`Warning: ${warning}`);
 
+  // Before anything is opened: a busy port must not cost a migration or an embedded database.
+  const portProblem = checkPort(config.hostname, config.port);
+  if (portProblem) {
+    log.error(`Cannot start: ${portProblem}`);
+    Deno.exit(1);
+  }
+
   let embedded: EmbeddedPostgres | null = null;
   if (config.databaseUrl === null) {
     try {
       embedded = await startEmbedded(config.pgliteDir);
     } catch (error) {
-      log.error(`Cannot start: the embedded database in ${config.pgliteDir} failed`, error);
+      if (error instanceof DataDirInUseError) {
+        log.error(`Cannot start: ${error.message}`);
+      } else {
+        log.error(`Cannot start: the embedded database in ${config.pgliteDir} failed`, error);
+      }
       Deno.exit(1);
     }
     log.info(`Database: embedded PGlite in ${config.pgliteDir} (DATABASE_URL is not set)`);
@@ -76,6 +87,26 @@ async function main(): Promise<void> {
       config.origins.rules.map((rule) => rule.source).join(", ") || "none"
     })`,
   );
+}
+
+/**
+ * Why the server cannot listen on `hostname:port`, in one line, or null when it can (port 0
+ * always can). Checked by listening and closing at once; serve() binds it again right after.
+ */
+function checkPort(hostname: string, port: number): string | null {
+  if (port === 0) return null;
+  try {
+    Deno.listen({ hostname, port }).close();
+    return null;
+  } catch (error) {
+    if (error instanceof Deno.errors.AddrInUse) {
+      return `port ${port} on ${hostname} is already in use (another parley?): stop it or set PORT`;
+    }
+    if (error instanceof Deno.errors.AddrNotAvailable) {
+      return `HOST ${hostname} is not an address of this machine`;
+    }
+    return `cannot listen on ${hostname}:${port}: ${(error as Error).message}`;
+  }
 }
 
 if (import.meta.main) await main();

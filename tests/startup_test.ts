@@ -541,3 +541,65 @@ Deno.test("during the drain every answer is a tRPC error with CORS headers and R
   await draining;
   await closed;
 });
+
+Deno.test("a second instance on the same embedded data folder is refused and touches nothing", async () => {
+  const dir = `data/test_lock_${crypto.randomUUID().slice(0, 8)}`;
+  const env = {
+    PGLITE_DIR: `./${dir}`,
+    PORT: "0",
+    HOST: "127.0.0.1",
+    ALLOWED_ORIGINS: "https://app.example.com",
+  };
+  try {
+    let url: string;
+    {
+      await using first = await spawnServer(env);
+      [, url] = await first.waitForLine("stdout", /^parley listening on (http:\S+) /);
+      await using second = await spawnServer(env);
+      const status = await second.finished();
+      assert.equal(status.code, 1);
+      assert.deepEqual(second.stderr.filter((line) => line.trim()), [
+        `Cannot start: The embedded database in ./${dir} is in use by another parley process: ` +
+        "stop it first, or give this one another PGLITE_DIR",
+      ]);
+      // The first instance still serves, and what it writes survives its restart.
+      await client({ url }).users.create.mutate({ username: "kept_after_restart" });
+      assert.equal((await terminate(first))?.code, 0);
+    }
+    await using again = await spawnServer(env);
+    [, url] = await again.waitForLine("stdout", /^parley listening on (http:\S+) /);
+    const error = await callError(
+      client({ url }).users.create.mutate({ username: "kept_after_restart" }),
+    );
+    assert.equal(error.data?.code, "CONFLICT");
+    assert.equal((await terminate(again))?.code, 0);
+  } finally {
+    await Deno.remove(new URL(dir, ROOT), { recursive: true }).catch(() => {});
+    await Deno.remove(new URL(`${dir}.lock`, ROOT)).catch(() => {});
+  }
+});
+
+Deno.test("a busy port is reported in one line before any database is opened", async () => {
+  const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const dir = `data/test_port_${crypto.randomUUID().slice(0, 8)}`;
+  try {
+    await using server = await spawnServer({
+      PGLITE_DIR: `./${dir}`,
+      PORT: String(taken.addr.port),
+      HOST: "127.0.0.1",
+      ALLOWED_ORIGINS: "https://app.example.com",
+    });
+    const status = await server.finished();
+    assert.equal(status.code, 1);
+    assert.deepEqual(server.stderr.filter((line) => line.trim()), [
+      `Cannot start: port ${taken.addr.port} on 127.0.0.1 is already in use (another parley?): ` +
+      "stop it or set PORT",
+    ]);
+    assert.ok(!server.stdout.some((line) => line.startsWith("Database:")), server.stdout.join());
+    // Nothing was opened or created.
+    assert.equal(await Deno.stat(new URL(dir, ROOT)).catch(() => null), null);
+  } finally {
+    taken.close();
+    await Deno.remove(new URL(dir, ROOT), { recursive: true }).catch(() => {});
+  }
+});
