@@ -1,6 +1,6 @@
 /** Entry point: configuration from the environment, the database, migrations, the server. */
 import { DataDirInUseError, type EmbeddedPostgres, startEmbedded } from "./db/embedded.ts";
-import { connect } from "./db/mod.ts";
+import { connect, isTransientDatabaseError } from "./db/mod.ts";
 import { migrate } from "./db/migrate.ts";
 import { ConfigError, loadConfig } from "./server/config.ts";
 import { createLogger } from "./server/log.ts";
@@ -48,19 +48,35 @@ async function main(): Promise<void> {
   }
   // pglite-socket interleaves concurrent connections' messages, so embedded gets one.
   const sql = connect(embedded?.url ?? config.databaseUrl!, { max: embedded ? 1 : 10 });
-  try {
-    const applied = await migrate(sql);
-    log.info(
-      applied.length ? `Applied migrations: ${applied.join(", ")}` : "Database is up to date",
-    );
-  } catch (error) {
+  const server = await serve({
+    ...config,
+    sql,
+    log,
+    crossInstance: embedded === null,
+    // Retried with backoff while the database is unreachable; meanwhile /health says 503.
+    async prepare() {
+      const applied = await migrate(sql);
+      log.info(
+        applied.length ? `Applied migrations: ${applied.join(", ")}` : "Database is up to date",
+      );
+    },
+  });
+  server.ready.catch(async (error) => {
     log.error("Cannot start: database migration failed", error);
+    await server.shutdown({ graceMs: 0 });
     await sql.end({ timeout: 1 });
     await embedded?.close();
     Deno.exit(1);
-  }
-
-  const server = await serve({ ...config, sql, log, crossInstance: embedded === null });
+  });
+  // A connection that dies outside any request (postgres.js reconnects by itself) must not
+  // end the process: it is an outage, logged in one line, not a bug.
+  globalThis.addEventListener("unhandledrejection", (event) => {
+    if (!isTransientDatabaseError(event.reason)) return;
+    event.preventDefault();
+    log.warn("Database connection lost outside a request", {
+      error: (event.reason as Error).message,
+    });
+  });
   // Registered before the "listening" line, so a signal right after it still drains.
   // SIGTERM (a deploy) and SIGINT (Ctrl-C) drain alike; a second SIGINT exits at once.
   let stopping = false;
@@ -82,6 +98,10 @@ async function main(): Promise<void> {
   }
   Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));
   Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
+  log.info(
+    `Accepting connections on port ${server.port}; the API opens once the database is ready`,
+  );
+  await server.ready;
   log.info(
     `parley listening on http://${config.hostname}:${server.port} (origins: ${
       config.origins.rules.map((rule) => rule.source).join(", ") || "none"

@@ -3,6 +3,7 @@
  * `/health`, tRPC at `/trpc` (HTTP through the fetch adapter, WebSocket upgrades through
  * `ws.ts` after the handshake and connection caps are checked) and JSON 404s.
  */
+import type { TRPCError } from "@trpc/server";
 import { fetchRequestHandler } from "@trpc/server/adapters/fetch";
 import { getWSConnectionHandler, type WSSHandlerOptions } from "@trpc/server/adapters/ws";
 import superjson from "superjson";
@@ -10,7 +11,7 @@ import { ping } from "../db/mod.ts";
 import { clip } from "./clip.ts";
 import { clientAddress } from "./client_address.ts";
 import { type ContextDeps, createContext } from "./context.ts";
-import { RetryableError } from "./errors.ts";
+import { retryable } from "./errors.ts";
 import { MAX_BATCH_SIZE, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_URL_BYTES } from "./limits.ts";
 import { corsHeaders, type OriginDecision, PREFLIGHT_HEADERS } from "./origin.ts";
 import { type AppRouter, appRouter } from "./router.ts";
@@ -41,6 +42,8 @@ export interface App {
   reconnectAll(): void;
   /** From now on, answers new requests and upgrades with 503 so clients go elsewhere. */
   drain(): void;
+  /** Ends the start-up state: until called, `/health` and the API answer 503 "starting". */
+  ready(): void;
 }
 
 /** How long a client refused by a connection cap is asked to wait, in seconds. */
@@ -52,6 +55,7 @@ export function createApp(deps: AppDeps, options: SocketOptions = {}): App {
   /** Open (and opening) WebSockets per client address. */
   const perAddress = new Map<string, number>();
   let draining = false;
+  let starting = true;
   const onConnection = getWSConnectionHandler({
     router: appRouter,
     // Only applyWSSHandler reads `wss`; we hand connections over ourselves.
@@ -67,11 +71,8 @@ export function createApp(deps: AppDeps, options: SocketOptions = {}): App {
         transport: "ws",
         address: (req as unknown as { address: string }).address,
       }),
-    onError({ error, path }) {
-      if (error.code === "INTERNAL_SERVER_ERROR") {
-        deps.log.error(`tRPC (WebSocket) ${path ?? "(no path)"} failed`, error.cause ?? error);
-      }
-    },
+    onError: ({ error, path }) =>
+      logFailure(deps, error, `tRPC (WebSocket) ${path ?? "(no path)"}`),
   });
 
   function acceptSocket(req: Request, address: string, origin: string | null): Response {
@@ -132,13 +133,17 @@ export function createApp(deps: AppDeps, options: SocketOptions = {}): App {
     const trpcShaped = isTrpc && req.method !== "OPTIONS";
     const fail = (status: number, code: string, message: string, headers = {}) =>
       errorResponse({ status, code, message, trpc: trpcShaped, headers });
-    if (draining) {
+    if (draining || starting) {
       if (req.method === "OPTIONS" && decision.allowed) {
         return new Response(null, { status: 204, headers: PREFLIGHT_HEADERS });
       }
-      return fail(503, "SERVICE_UNAVAILABLE", "Server is restarting: retry shortly", {
-        "retry-after": "1",
-      });
+      if (starting && !draining && url.pathname === "/health") {
+        return json(503, { status: "starting", db: "down" });
+      }
+      const message = draining
+        ? "Server is restarting: retry shortly"
+        : "Server is starting: the database is not reachable yet, retry shortly";
+      return fail(503, "SERVICE_UNAVAILABLE", message, { "retry-after": "1" });
     }
     const sizeProblem = checkRequestSize(req, url);
     if (sizeProblem) return fail(sizeProblem.status, sizeProblem.code, sizeProblem.message);
@@ -196,6 +201,9 @@ export function createApp(deps: AppDeps, options: SocketOptions = {}): App {
     sockets,
     drain() {
       draining = true;
+    },
+    ready() {
+      starting = false;
     },
     reconnectAll() {
       const notice = JSON.stringify({ id: null, method: "reconnect" });
@@ -275,20 +283,29 @@ async function handleTrpc(deps: AppDeps, req: Request, address: string): Promise
     createContext: (opts) => createContext(deps, { ...opts, transport: "http", address }),
     responseMeta({ errors }) {
       // RFC 9110 §10.2.3: Retry-After in whole seconds, the longest any call of the batch needs.
-      const waits = errors.flatMap((error) =>
-        error instanceof RetryableError ? [error.retryAfterMs] : []
-      );
+      const waits = errors.flatMap((error) => retryable(error)?.retryAfterMs ?? []);
       if (waits.length === 0) return {};
       return {
         headers: new Headers({ "retry-after": String(Math.ceil(Math.max(...waits) / 1000)) }),
       };
     },
-    onError({ error, path }) {
-      if (error.code === "INTERNAL_SERVER_ERROR") {
-        deps.log.error(`tRPC ${path ?? "(unknown path)"} failed`, error.cause ?? error);
-      }
-    },
+    onError: ({ error, path }) => logFailure(deps, error, `tRPC ${path ?? "(unknown path)"}`),
   });
+}
+
+/**
+ * Logs a call that failed on our side: a bug with its stack, an outage of the database as one
+ * warning line (the client was told to retry). Refusals of bad calls are not logged.
+ */
+function logFailure(deps: AppDeps, error: TRPCError, what: string): void {
+  if (error.code !== "INTERNAL_SERVER_ERROR") return;
+  if (retryable(error)) {
+    deps.log.warn(`${what} failed: database unavailable`, {
+      error: (error.cause as Error | undefined)?.message,
+    });
+  } else {
+    deps.log.error(`${what} failed`, error.cause ?? error);
+  }
 }
 
 /**

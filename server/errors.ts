@@ -3,6 +3,7 @@
  * wording wherever it is raised (HTTP, WebSocket, subscriptions).
  */
 import { TRPCError } from "@trpc/server";
+import { isTransientDatabaseError } from "../db/mod.ts";
 
 /**
  * A refusal that may succeed later: the client should wait `retryAfterMs` and try again.
@@ -66,6 +67,35 @@ export function rateLimited(what: string, retryAfterMs: number): RetryableError 
     `Rate limit exceeded: ${what}; retry in ${seconds} s`,
     retryAfterMs,
   );
+}
+
+/** How long a client is asked to wait after the database failed a call, in milliseconds. */
+export const DATABASE_RETRY_MS = 1000;
+
+/**
+ * `SERVICE_UNAVAILABLE` with a retry hint: the database (or the way to it) failed, timed out
+ * or is busy; the call did nothing and may be retried as it is.
+ */
+export function databaseUnavailable(): RetryableError {
+  return new RetryableError(
+    "SERVICE_UNAVAILABLE",
+    "Database unavailable: retry shortly",
+    DATABASE_RETRY_MS,
+  );
+}
+
+/**
+ * The retryable form of `error`, or null: a `RetryableError` as it is, and an internal error
+ * caused by a database or network outage (wherever it surfaced: context creation, a
+ * procedure, a subscription's stream) as `databaseUnavailable()`. The error formatter,
+ * the HTTP `Retry-After` header and the error log all go through here.
+ */
+export function retryable(error: TRPCError): RetryableError | null {
+  if (error instanceof RetryableError) return error;
+  if (error.code === "INTERNAL_SERVER_ERROR" && isTransientDatabaseError(error.cause)) {
+    return databaseUnavailable();
+  }
+  return null;
 }
 
 /** `TOO_MANY_REQUESTS`: this WebSocket already holds the most subscriptions it may. */

@@ -1,5 +1,9 @@
-/** Starts parley's HTTP and WebSocket server on a database that is already migrated. */
-import type { Sql } from "../db/mod.ts";
+/**
+ * Starts parley's HTTP and WebSocket server. It listens at once and serves the API once the
+ * database is there: until then `/health` and every call answer 503 with a retry hint, and the
+ * preparation (migrations) and the hub's LISTEN are retried with backoff.
+ */
+import { isTransientDatabaseError, type Sql } from "../db/mod.ts";
 import { createApp, type SocketOptions } from "./app.ts";
 import { Hub } from "./hub.ts";
 import { type AbuseLimits, DEFAULT_ABUSE_LIMITS } from "./limits.ts";
@@ -23,7 +27,15 @@ export interface ServeOptions {
   limits?: AbuseLimits;
   /** The header a trusted proxy puts the client address in (default: none, the TCP peer). */
   clientAddressHeader?: string | null;
+  /**
+   * Work before the API serves calls (main.ts migrates here). A database or network outage
+   * is retried with backoff; any other failure rejects `ready`.
+   */
+  prepare?: () => Promise<unknown>;
 }
+
+/** Backoff between attempts to reach the database at startup: doubling from 250 ms to 10 s. */
+const STARTUP_RETRY_MS = { first: 250, max: 10_000 };
 
 /** How long a drain waits for in-flight HTTP requests after closing WebSockets. */
 const DRAIN_REQUESTS_MS = 700;
@@ -36,6 +48,11 @@ export interface RunningServer {
   /** Open WebSocket connections. */
   readonly connections: number;
   /**
+   * Resolves once the database is prepared and the hub listens, i.e. the API serves calls;
+   * rejects when preparation fails for a reason other than an outage.
+   */
+  ready: Promise<void>;
+  /**
    * Drains: stops accepting connections, tells WebSocket clients to reconnect,
    * finishes in-flight requests, then closes what is left after `graceMs`.
    */
@@ -45,7 +62,6 @@ export interface RunningServer {
 /** Serves the API until `shutdown` is called. */
 export async function serve(options: ServeOptions): Promise<RunningServer> {
   const hub = new Hub(options.sql, options.log, { crossInstance: options.crossInstance });
-  await hub.start();
   const limits = options.limits ?? DEFAULT_ABUSE_LIMITS;
   const app = createApp({
     ...options,
@@ -82,6 +98,20 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     return response;
   });
   const port = await listening;
+  const stopping = new AbortController();
+  const ready = (async () => {
+    if (options.prepare) {
+      await retryWhileUnavailable(options.prepare, "preparing the database", options.log, stopping);
+    }
+    await retryWhileUnavailable(
+      () => hub.start(),
+      "listening for other instances",
+      options.log,
+      stopping,
+    );
+    app.ready();
+  })();
+  ready.catch(() => {}); // the caller decides; an unobserved failure must not end the process
   const host = options.hostname === "0.0.0.0" || options.hostname === "::"
     ? "127.0.0.1"
     : options.hostname;
@@ -91,7 +121,9 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     get connections() {
       return app.sockets.size;
     },
+    ready,
     async shutdown({ graceMs = 1000 } = {}) {
+      stopping.abort();
       // Refuse new work first, and tell WebSocket clients to move while their sockets are
       // still open: Deno's own shutdown closes upgraded sockets at once (1001).
       app.drain();
@@ -112,4 +144,35 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
       await hub.close();
     },
   };
+}
+
+/**
+ * Runs `attempt` until it succeeds, waiting with doubling backoff after each database or
+ * network outage (logged in one line each); rethrows any other failure, and stops when
+ * `stopping` aborts.
+ */
+async function retryWhileUnavailable(
+  attempt: () => Promise<unknown>,
+  what: string,
+  log: Logger,
+  stopping: AbortController,
+): Promise<void> {
+  for (let delay = STARTUP_RETRY_MS.first;; delay = Math.min(delay * 2, STARTUP_RETRY_MS.max)) {
+    try {
+      await attempt();
+      return;
+    } catch (error) {
+      if (!isTransientDatabaseError(error) || stopping.signal.aborted) throw error;
+      const reason = (error as { code?: string }).code ?? (error as Error).message;
+      log.warn(`Database unreachable while ${what} (${reason}): retrying in ${delay} ms`);
+    }
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, delay);
+      stopping.signal.addEventListener("abort", () => {
+        clearTimeout(timer);
+        resolve();
+      }, { once: true });
+    });
+    if (stopping.signal.aborted) throw new Error("Stopped before the database was reached");
+  }
 }

@@ -7,7 +7,7 @@ import { getMembership } from "../db/rooms.ts";
 import { findUserByTokenHash } from "../db/users.ts";
 import type { Context } from "./context.ts";
 import { clip } from "./clip.ts";
-import { notMember, RetryableError, roomNotFound, unauthenticated } from "./errors.ts";
+import { notMember, retryable, roomNotFound, unauthenticated } from "./errors.ts";
 import type { WriteKind } from "./rate_limit.ts";
 import { id } from "./schemas.ts";
 
@@ -15,7 +15,13 @@ const t = initTRPC.context<Context>().create({
   transformer: superjson,
   // Subscriptions go over WebSocket only, where connection limits and keep-alive apply.
   sse: { enabled: false },
-  errorFormatter({ shape, error }) {
+  errorFormatter({ shape: original, error: thrown }) {
+    // An outage reaches the client as what it is, wherever it surfaced.
+    const retry = retryable(thrown);
+    const error = retry ?? thrown;
+    const shape = retry && retry !== thrown
+      ? { ...original, data: { ...original.data, code: retry.code, httpStatus: 503 } }
+      : original;
     const zodIssues = error.code === "BAD_REQUEST" && error.cause instanceof ZodError
       ? error.cause.issues.map(({ path, message, code }) => ({
         path,
@@ -32,7 +38,7 @@ const t = initTRPC.context<Context>().create({
         ...data,
         zodIssues,
         /** Set on TOO_MANY_REQUESTS and SERVICE_UNAVAILABLE: wait this long, then retry. */
-        retryAfterMs: error instanceof RetryableError ? error.retryAfterMs : null,
+        retryAfterMs: retry?.retryAfterMs ?? null,
       },
     };
   },
@@ -151,7 +157,10 @@ export function memberWriteProcedure(kind: WriteKind) {
     });
 }
 
-/** Maps a Postgres error to an API error, or returns undefined for errors that are ours (500). */
+/**
+ * Maps a constraint violation to an API error (`CONFLICT`, `NOT_FOUND`); returns undefined for
+ * anything else (outages become `SERVICE_UNAVAILABLE` in the error formatter, see `retryable`).
+ */
 function fromDatabaseError(cause: unknown): TRPCError | undefined {
   if (!(cause instanceof postgres.PostgresError)) return undefined;
   if (cause.code === "23505") {

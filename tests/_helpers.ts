@@ -161,6 +161,7 @@ export async function startTestEnv(
     limits: { ...DEFAULT_ABUSE_LIMITS, ...options.limits },
     clientAddressHeader: options.clientAddressHeader ?? null,
   });
+  await server.ready;
   return {
     url: server.url,
     server,

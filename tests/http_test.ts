@@ -89,6 +89,7 @@ function serveApp(sql: Sql) {
     writes: new WriteLimiter(DEFAULT_ABUSE_LIMITS),
     clientAddressHeader: null,
   });
+  app.ready();
   const ac = new AbortController();
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen() {} },
