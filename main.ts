@@ -2,6 +2,7 @@
 import { DataDirInUseError, type EmbeddedPostgres, startEmbedded } from "./db/embedded.ts";
 import { connect, isTransientDatabaseError } from "./db/mod.ts";
 import { migrate } from "./db/migrate.ts";
+import { fillUsernameKeys } from "./db/users.ts";
 import { ConfigError, loadConfig } from "./server/config.ts";
 import { createLogger } from "./server/log.ts";
 import { serve } from "./server/serve.ts";
@@ -59,6 +60,15 @@ async function main(): Promise<void> {
       log.info(
         applied.length ? `Applied migrations: ${applied.join(", ")}` : "Database is up to date",
       );
+      const keys = await fillUsernameKeys(sql);
+      if (keys.filled > 0) log.info(`Filled the username key of ${keys.filled} users`);
+      if (keys.collisions.length > 0) {
+        log.warn(
+          `Warning: ${keys.collisions.length} users have a name whose key an older user's name ` +
+            "holds; they keep their names without a key",
+          { userIds: keys.collisions.slice(0, 20).join(",") },
+        );
+      }
     },
   });
   server.ready.catch(async (error) => {

@@ -1,31 +1,53 @@
-/** Input rules shared by the routers: every value is checked here before any query runs. */
+/**
+ * Input rules shared by the routers: every value is checked here before any query runs. Text
+ * is stored as sent (trimmed where a rule says so) or refused, never altered otherwise.
+ */
 import { z } from "zod";
 
-/** Characters never accepted in names: C0/C1 controls, zero-width and bidi controls. */
-const INVISIBLE = /[\p{Cc}\u200B-\u200F\u202A-\u202E\u2060-\u2064\u2066-\u2069\uFEFF]/u;
+/**
+ * Characters never accepted in usernames: C0/C1 controls and every Default_Ignorable_Code_Point
+ * (zero-width and bidi controls, fillers such as U+3164, variation selectors, tags), which
+ * render as nothing and would let two names that look the same differ.
+ */
+const INVISIBLE = /[\p{Cc}\p{Default_Ignorable_Code_Point}]/u;
 
 /** Characters refused in message content: controls other than tab and newline. */
 const CONTENT_CONTROL = /[^\P{Cc}\t\n]/u;
 
 const USERNAME_SHAPE = /^[\p{L}\p{M}\p{N}_.-]+( [\p{L}\p{M}\p{N}_.-]+)*$/u;
 
-function length(text: string): number {
-  return [...text].length;
+function length(value: string): number {
+  return [...value].length;
 }
 
-/** A UUID, as every id in the API is. */
+/**
+ * Every text input: a string that is well-formed Unicode, i.e. holds no lone surrogate
+ * (`String.prototype.isWellFormed`), since UTF-8 (Postgres, JSON to other users) cannot carry
+ * one and it would come back as U+FFFD. Refused, never repaired. Every text field below builds
+ * on it, and no other schema here starts from a bare string.
+ */
+export const text = z.string().refine((s) => s.isWellFormed(), {
+  error: "Text must be well-formed Unicode: it has an unpaired surrogate",
+  abort: true,
+});
+
+/** A UUID, as every id in the API is (hex digits and dashes only, so always well-formed). */
 export const id = z.uuid({ error: "Must be a UUID" });
 
-/** A username: trimmed, NFC, 1..32 letters, digits, `_ . -` and single inner spaces. */
-export const username = z.string()
-  .transform((s) => s.trim().normalize("NFC"))
+/**
+ * A username: trimmed, otherwise stored as sent (no normalisation), 1..32 letters, marks,
+ * digits, `_ . -` and single inner spaces, nothing invisible. Uniqueness is by the key of
+ * server/username_key.ts, which db/users.ts stores beside it.
+ */
+export const username = text
+  .transform((s) => s.trim())
   .refine(
     (s) => length(s) >= 1 && length(s) <= 32,
     "Username must be 1 to 32 characters",
   )
   .refine(
     (s) => !INVISIBLE.test(s),
-    "Username must not contain control, zero-width or bidi characters",
+    "Username must not contain control or invisible characters (zero-width, bidi, fillers)",
   )
   .refine(
     (s) => USERNAME_SHAPE.test(s),
@@ -36,20 +58,20 @@ export const username = z.string()
  * An image URL (avatar, thumbnail): null, or an absolute https URL of at most 2048
  * characters; http only for localhost and 127.0.0.1.
  */
-export const imageUrl = z.string().nullable().refine(
+export const imageUrl = text.nullable().refine(
   (s) => s === null || isImageUrl(s),
   "Must be an absolute https:// URL of at most 2048 characters (http:// only for localhost)",
 );
 
-function isImageUrl(text: string): boolean {
+function isImageUrl(value: string): boolean {
   if (
-    text.length > 2048 || !/^https?:\/\/[^/\s]/i.test(text) ||
-    /[\s\p{Cc}]/u.test(text)
+    value.length > 2048 || !/^https?:\/\/[^/\s]/i.test(value) ||
+    /[\s\p{Cc}]/u.test(value)
   ) {
     return false;
   }
-  if (!URL.canParse(text)) return false;
-  const url = new URL(text);
+  if (!URL.canParse(value)) return false;
+  const url = new URL(value);
   if (url.username !== "" || url.password !== "") return false;
   if (url.protocol === "https:") return true;
   return url.protocol === "http:" &&
@@ -57,7 +79,7 @@ function isImageUrl(text: string): boolean {
 }
 
 /** A room name: trimmed, 1..80 characters, no control characters. */
-export const roomName = z.string()
+export const roomName = text
   .transform((s) => s.trim())
   .refine(
     (s) => length(s) >= 1 && length(s) <= 80,
@@ -69,7 +91,7 @@ export const roomName = z.string()
   );
 
 /** Message text: 1..4000 characters after trimming; no controls but newline and tab. */
-export const content = z.string()
+export const content = text
   .transform((s) => s.trim())
   .refine(
     (s) => length(s) >= 1 && length(s) <= 4000,

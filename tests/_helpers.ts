@@ -15,6 +15,7 @@ import superjson from "superjson";
 import { startEmbedded } from "../db/embedded.ts";
 import { connect, type Sql } from "../db/mod.ts";
 import { migrate } from "../db/migrate.ts";
+import { fillUsernameKeys } from "../db/users.ts";
 import type { SocketOptions } from "../server/app.ts";
 import { type AbuseLimits, DEFAULT_ABUSE_LIMITS } from "../server/limits.ts";
 import type { LogFields, Logger } from "../server/log.ts";
@@ -149,6 +150,7 @@ export async function startTestEnv(
   const db = options.db ?? await createTestDatabase();
   const sql = connect(db.url, { max: POOL_MAX });
   await migrate(sql);
+  await fillUsernameKeys(sql);
   const log = memoryLogger();
   const server = await serve({
     sql,
