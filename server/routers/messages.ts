@@ -13,7 +13,7 @@ import {
   tooManySubscriptions,
 } from "../errors.ts";
 import { Inbox } from "../inbox.ts";
-import { content, id, limit, seq } from "../schemas.ts";
+import { content, id, limit, seq, text } from "../schemas.ts";
 import { authedProcedure, memberProcedure, memberWriteProcedure, router } from "../trpc.ts";
 
 /** Most messages a reconnecting subscriber may replay; beyond it the client must reload. */
@@ -69,7 +69,7 @@ export const messagesRouter = router({
     }),
 
   onMessage: authedProcedure
-    .input(z.object({ roomId: id, lastEventId: z.string().nullish() }))
+    .input(z.object({ roomId: id, lastEventId: text.nullish() }))
     .subscription(async ({ ctx, input, signal }) => {
       // Access checks and registration with the hub happen here, before tRPC answers
       // "started": a client that sends right after onStarted is already being listened to.
