@@ -33,11 +33,13 @@ export interface SendInput {
  * Stores a message with the next `seq` of its room and the sender's current name
  * and avatar, in one statement: the room's counter row is locked by the update, so
  * seqs commit in order and a failed insert rolls the counter back (no gaps).
- * A known `clientMessageId` returns the first message instead of a new one.
+ * A known `clientMessageId` returns the first message instead of a new one. When `signal`
+ * aborts first, the statement is cancelled and the call rejects (SQLSTATE 57014).
  */
 export async function sendMessage(
   sql: Sql,
   input: SendInput,
+  signal?: AbortSignal,
 ): Promise<SendResult> {
   if (input.clientMessageId !== null) {
     const existing = await findByClientId(
@@ -48,7 +50,7 @@ export async function sendMessage(
     if (existing) return compareRetry(existing, input);
   }
   try {
-    const [message] = await sql<[Message?]>`
+    const statement = sql<[Message?]>`
       with room as (
         update rooms set last_seq = last_seq + 1
         where id = ${input.roomId}
@@ -64,6 +66,11 @@ export async function sendMessage(
       where u.id = ${input.userId}
       returning id, room_id, seq, user_id, username, avatar_url, content, client_message_id, created_at
     `;
+    // Past the caller's deadline the statement is cancelled in Postgres (57014), so a send
+    // the caller was told failed does not commit later.
+    const cancel = () => void statement.cancel();
+    signal?.addEventListener("abort", cancel, { once: true });
+    const [message] = await statement.finally(() => signal?.removeEventListener("abort", cancel));
     return message ? { status: "created", message } : { status: "not_member" };
   } catch (error) {
     if (

@@ -12,6 +12,7 @@ import { clip } from "./clip.ts";
 import { clientAddress } from "./client_address.ts";
 import { type ContextDeps, createContext } from "./context.ts";
 import { retryable } from "./errors.ts";
+import { RoomGate } from "./room_gate.ts";
 import { MAX_BATCH_SIZE, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_URL_BYTES } from "./limits.ts";
 import { corsHeaders, type OriginDecision, PREFLIGHT_HEADERS } from "./origin.ts";
 import { type AppRouter, appRouter } from "./router.ts";
@@ -26,8 +27,8 @@ export interface SocketOptions {
   limits?: SocketLimits;
 }
 
-/** What the front door needs beyond context creation's needs. */
-export interface AppDeps extends ContextDeps {
+/** What the front door needs: context creation's needs (but the parts it makes itself) and more. */
+export interface AppDeps extends Omit<ContextDeps, "roomGate"> {
   /** The header a trusted proxy puts the client address in, or null (see client_address.ts). */
   clientAddressHeader: string | null;
 }
@@ -50,7 +51,8 @@ export interface App {
 const CONNECTION_RETRY_SECONDS = 5;
 
 /** Builds the request handler for `Deno.serve`. */
-export function createApp(deps: AppDeps, options: SocketOptions = {}): App {
+export function createApp(appDeps: AppDeps, options: SocketOptions = {}): App {
+  const deps = { ...appDeps, roomGate: new RoomGate() };
   const sockets = new Set<DenoSocket>();
   /** Open (and opening) WebSockets per client address. */
   const perAddress = new Map<string, number>();
@@ -251,7 +253,11 @@ function checkRequestSize(
   return null;
 }
 
-async function handleTrpc(deps: AppDeps, req: Request, address: string): Promise<Response> {
+async function handleTrpc(
+  deps: ContextDeps & AppDeps,
+  req: Request,
+  address: string,
+): Promise<Response> {
   let request = req;
   if (req.body) {
     const body = await readBody(req, MAX_BODY_BYTES);

@@ -12,6 +12,8 @@ import type { AbuseLimits } from "./limits.ts";
 import type { Logger } from "./log.ts";
 import type { OriginPolicy } from "./origin.ts";
 import type { WriteLimiter } from "./rate_limit.ts";
+import type { RoomGate } from "./room_gate.ts";
+import { CALL_DEADLINE_MS, withDeadline } from "./deadline.ts";
 
 /** What context creation needs from the running server. */
 export interface ContextDeps {
@@ -21,6 +23,8 @@ export interface ContextDeps {
   hub: Hub;
   limits: AbuseLimits;
   writes: WriteLimiter;
+  /** The per-room bulkhead of the send path. */
+  roomGate: RoomGate;
 }
 
 /** The connection a call came over: one WebSocket, or for HTTP the client address. */
@@ -61,13 +65,17 @@ export async function createContext(deps: ContextDeps, opts: ContextInput) {
     ? parseToken(opts.info?.connectionParams?.token)
     : parseBearer(opts.req.headers.get("authorization"));
   const tokenHash = token ? await hashToken(token) : null;
-  const user = tokenHash ? (await findUserByTokenHash(deps.sql, tokenHash)) ?? null : null;
+  const user = tokenHash
+    ? (await withDeadline(CALL_DEADLINE_MS, () => findUserByTokenHash(deps.sql, tokenHash))) ??
+      null
+    : null;
   return {
     sql: deps.sql,
     log: deps.log,
     hub: deps.hub,
     limits: deps.limits,
     writes: deps.writes,
+    roomGate: deps.roomGate,
     transport: opts.transport,
     address: opts.address,
     connection: {

@@ -9,6 +9,7 @@ import type { Context } from "./context.ts";
 import { clip } from "./clip.ts";
 import { notMember, retryable, roomNotFound, unauthenticated } from "./errors.ts";
 import type { WriteKind } from "./rate_limit.ts";
+import { CALL_DEADLINE_MS, withDeadline } from "./deadline.ts";
 import { id } from "./schemas.ts";
 
 const t = initTRPC.context<Context>().create({
@@ -77,7 +78,10 @@ export const router = t.router;
 /** Makes server-side callers of a router (tests, scripts). */
 export const createCallerFactory = t.createCallerFactory;
 
-/** Any caller; database constraint errors become API errors here, in one place. */
+/**
+ * Any caller; database constraint errors become API errors here, in one place, and every call
+ * is bounded by `CALL_DEADLINE_MS` (`ctx.deadline` aborts when it passes).
+ */
 export const publicProcedure = t.procedure.use(
   async function mapDatabaseErrors({ next }) {
     const result = await next();
@@ -87,7 +91,9 @@ export const publicProcedure = t.procedure.use(
     }
     return result;
   },
-);
+).use(function bounded({ next }) {
+  return withDeadline(CALL_DEADLINE_MS, (deadline) => next({ ctx: { deadline } }));
+});
 
 /** A caller with a valid token; `ctx.user` is the acting user, `ctx.tokenHash` their token. */
 export const authedProcedure = publicProcedure.use(

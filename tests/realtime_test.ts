@@ -21,6 +21,7 @@ import {
 } from "./_helpers.ts";
 import { DEFAULT_ABUSE_LIMITS } from "../server/limits.ts";
 import { WriteLimiter } from "../server/rate_limit.ts";
+import { RoomGate } from "../server/room_gate.ts";
 
 const ALLOWED_ORIGIN = "https://app.example.com";
 
@@ -276,6 +277,7 @@ Deno.test("a subscription cancelled during setup or before it is read leaves not
     hub,
     limits: DEFAULT_ABUSE_LIMITS,
     writes: new WriteLimiter(DEFAULT_ABUSE_LIMITS),
+    roomGate: new RoomGate(),
     transport: "ws" as const,
     address: "127.0.0.1",
     connection: { key: "ws:test", subscriptions: 0 },

@@ -29,12 +29,13 @@ export const messagesRouter = router({
   send: memberWriteProcedure("sends")
     .input(z.object({ content, clientMessageId: id.optional() }))
     .mutation(async ({ ctx, input }) => {
-      const result = await sendMessage(ctx.sql, {
-        roomId: input.roomId,
-        userId: ctx.user.id,
-        content: input.content,
-        clientMessageId: input.clientMessageId ?? null,
-      });
+      const result = await ctx.roomGate.run(input.roomId, ctx.deadline, () =>
+        sendMessage(ctx.sql, {
+          roomId: input.roomId,
+          userId: ctx.user.id,
+          content: input.content,
+          clientMessageId: input.clientMessageId ?? null,
+        }, ctx.deadline));
       switch (result.status) {
         case "created":
         case "duplicate":
