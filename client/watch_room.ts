@@ -1,9 +1,11 @@
 /**
  * `watchRoom`: a room's messages as one ordered list without holes or duplicates,
- * kept complete across reconnects and resyncs, with sends that are safe to retry.
+ * kept complete across reconnects, resyncs and changes of identity, with sends that are
+ * safe to retry.
  */
 import { TRPCClientError } from "@trpc/client";
 import type { ParleyClient } from "./mod.ts";
+import { isRetryable, retryDelay, withRetries } from "./retry.ts";
 
 type Message = Awaited<ReturnType<ParleyClient["trpc"]["messages"]["send"]["mutate"]>>;
 
@@ -14,19 +16,37 @@ export type RoomState = "connecting" | "live" | "reconnecting" | "resyncing" | "
 export interface WatchRoomOptions {
   /** Gets the whole ordered list on every change. */
   onMessages: (messages: Message[]) => void;
-  /** Gets every state change; `error` carries what failed. */
+  /**
+   * Gets every state change; `error` carries what failed. After UNAUTHORIZED or FORBIDDEN
+   * the room stays in `error` until access may have changed (the token changed, or this
+   * client joined the room), then loads again by itself.
+   */
   onStateChange?: (state: RoomState, error?: unknown) => void;
   /** Messages per page (default 50). */
   pageSize?: number;
-  /** How often `send` tries before giving up (default 5). */
+  /** How often `send` tries when calls fail without an answer or with a 5xx (default 5). */
   sendAttempts?: number;
+  /**
+   * How long, in ms, `send` and `loadOlder` wait in total on refusals for rate (429, each
+   * wait as long as the server asks) before they give up (default 120000).
+   */
+  rateLimitWaitMs?: number;
 }
 
 /** What `watchRoom` returns. */
 export interface WatchRoomHandle {
-  /** Sends a message; retries with the same clientMessageId, so it is stored once. */
+  /**
+   * Sends a message; retries with the same clientMessageId, so it is stored once: after a
+   * refusal for rate, as late as the server asks; after a failure without an answer or a
+   * 5xx, with backoff, up to `sendAttempts` times. Throws the last error when it gives up,
+   * and stops retrying when the token changed since the send began (a retry would be sent
+   * as someone else).
+   */
   send(content: string): Promise<Message>;
-  /** Loads the page before the oldest message held; false when there is nothing older. */
+  /**
+   * Loads the page before the oldest message held (retried after refusals for rate);
+   * false when there is nothing older.
+   */
   loadOlder(): Promise<boolean>;
   /** Stops watching. */
   stop(): void;
@@ -40,6 +60,7 @@ export function watchRoom(
 ): WatchRoomHandle {
   const { trpc } = parley;
   const pageSize = options.pageSize ?? 50;
+  const rateLimitWaitMs = options.rateLimitWaitMs ?? 120_000;
   let messages: Message[] = [];
   let state: RoomState | null = null;
   let stopped = false;
@@ -49,6 +70,9 @@ export function watchRoom(
   /** Bumped by every (re)load, so a page fetched before it is not spliced in after. */
   let generation = 0;
   let retries = 0;
+  let retryTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Set while refused access: removes the listener that waits for access to change. */
+  let stopWaiting: (() => void) | null = null;
 
   const lastSeq = () => messages.at(-1)?.seq ?? 0;
   // seqs start at 1 with no gaps, so older messages exist exactly when we start above 1.
@@ -75,15 +99,39 @@ export function watchRoom(
     return false;
   }
 
-  /** Retries `load` after a transient failure, backing off up to 10 s. */
+  /**
+   * Retries `load` after a transient failure: as late as a refusal for rate asks, else
+   * backing off up to 10 s.
+   */
   function retryLater(error: unknown) {
     setState(wasLive ? "reconnecting" : "connecting", error);
-    const delay = Math.min(10_000, 250 * 2 ** retries++);
-    setTimeout(() => void load(), delay);
+    clearTimeout(retryTimer);
+    retryTimer = setTimeout(() => void load(), retryDelay(error, ++retries));
+  }
+
+  /** Handles a failure of a load or of the subscription. */
+  function failed(error: unknown) {
+    const code = error instanceof TRPCClientError ? error.data?.code : undefined;
+    if (code === "UNAUTHORIZED" || code === "FORBIDDEN") refused(error);
+    else if (code === "NOT_FOUND" || !isRetryable(error)) setState("error", error);
+    else retryLater(error);
+  }
+
+  /** Refused access: waits in `error` until the token changes or this client joins the room. */
+  function refused(error: unknown) {
+    setState("error", error);
+    if (stopped || stopWaiting) return;
+    stopWaiting = parley.onAccessChange((change) => {
+      if (change.type === "joined" && change.roomId !== roomId) return;
+      stopWaiting?.();
+      stopWaiting = null;
+      void load();
+    });
   }
 
   async function load() {
     if (stopped) return;
+    clearTimeout(retryTimer);
     subscription?.unsubscribe();
     subscription = null;
     const current = ++generation;
@@ -102,8 +150,7 @@ export function watchRoom(
       publish();
       subscribe();
     } catch (error) {
-      if (isRetryable(error)) retryLater(error);
-      else setState("error", error);
+      if (!stopped && current === generation) failed(error);
     }
   }
 
@@ -121,11 +168,8 @@ export function watchRoom(
           if (append([event.data])) void load();
         },
         onError(error) {
-          const code = error.data?.code;
-          if (code === "PRECONDITION_FAILED") void load();
-          else if (code === "FORBIDDEN" || code === "UNAUTHORIZED" || code === "NOT_FOUND") {
-            setState("error", error);
-          } else retryLater(error);
+          if (error.data?.code === "PRECONDITION_FAILED") void load();
+          else failed(error);
         },
         onConnectionStateChange(connection) {
           if (connection.state === "connecting" && wasLive) setState("reconnecting");
@@ -139,24 +183,35 @@ export function watchRoom(
   return {
     async send(content) {
       const clientMessageId = crypto.randomUUID();
-      const attempts = options.sendAttempts ?? 5;
-      for (let attempt = 1;; attempt++) {
-        try {
-          const message = await trpc.messages.send.mutate({ roomId, content, clientMessageId });
-          // Shown at once when it is next; otherwise the stream (or the first load) brings it.
-          if (loaded) append([message]);
-          return message;
-        } catch (error) {
-          if (attempt >= attempts || !isRetryable(error)) throw error;
-          await new Promise((resolve) => setTimeout(resolve, Math.min(4000, 250 * 2 ** attempt)));
-        }
-      }
+      const version = await parley.checkToken();
+      const message = await withRetries(
+        () => trpc.messages.send.mutate({ roomId, content, clientMessageId }),
+        {
+          attempts: options.sendAttempts ?? 5,
+          rateLimitWaitMs,
+          async beforeRetry(error) {
+            if ((await parley.checkToken()) !== version) {
+              throw new Error(
+                "Cannot send: the token changed while the message was being retried " +
+                  "(it may have been stored for the previous identity)",
+                { cause: error },
+              );
+            }
+          },
+        },
+      );
+      // Shown at once when it is next; otherwise the stream (or the first load) brings it.
+      if (loaded) append([message]);
+      return message;
     },
     async loadOlder() {
       const before = nextBeforeSeq();
       if (before === null) return false;
       const current = generation;
-      const page = await trpc.messages.list.query({ roomId, limit: pageSize, beforeSeq: before });
+      const page = await withRetries(
+        () => trpc.messages.list.query({ roomId, limit: pageSize, beforeSeq: before }),
+        { attempts: 1, rateLimitWaitMs },
+      );
       // Only splice the page in if it still joins the list (a resync may have replaced it).
       if (current === generation && page.items.at(-1)?.seq === messages[0]?.seq - 1) {
         messages = [...page.items, ...messages];
@@ -166,14 +221,10 @@ export function watchRoom(
     },
     stop() {
       stopped = true;
+      clearTimeout(retryTimer);
+      stopWaiting?.();
+      stopWaiting = null;
       subscription?.unsubscribe();
     },
   };
-}
-
-/** Network failures and server errors are worth retrying; a refused request is not. */
-function isRetryable(error: unknown): boolean {
-  if (!(error instanceof TRPCClientError)) return true;
-  const status = error.data?.httpStatus;
-  return status === undefined || status >= 500 || status === 408 || status === 429;
 }

@@ -105,7 +105,8 @@ export async function buildClient(outDir: string): Promise<string> {
           module: "nodenext",
           moduleResolution: "nodenext",
           target: "es2022",
-          lib: ["es2022", "dom"],
+          // es2024: the server code the types come from uses String.prototype.isWellFormed.
+          lib: ["es2024", "dom"],
           types: ["node"],
           strict: true,
           skipLibCheck: true,

@@ -5,12 +5,21 @@
  */
 import assert from "node:assert/strict";
 import { buildClient, TYPESCRIPT_VERSION } from "../scripts/build_client.ts";
-import { startTestEnv } from "./_helpers.ts";
+import { BULK_LIMITS, startTestEnv } from "./_helpers.ts";
 
 async function run(cmd: string, args: string[], cwd: string, env: Record<string, string> = {}) {
   const { code, stdout, stderr } = await new Deno.Command(cmd, { args, cwd, env }).output();
   const out = new TextDecoder().decode(stdout);
   return { code, out, text: out + new TextDecoder().decode(stderr) };
+}
+
+/** Runs a script of the app under node against `url`; returns the JSON line it prints. */
+async function runNode(app: string, script: string, url: string) {
+  const node = await run("node", ["--experimental-websocket", script, url], app);
+  assert.equal(node.code, 0, node.text);
+  const line = node.text.split("\n").find((l) => l.startsWith("{"));
+  assert.ok(line, node.text);
+  return JSON.parse(line);
 }
 
 const TSCONFIG = {
@@ -109,6 +118,115 @@ const view = (list) => list.map((m) => [m.seq, m.username, m.avatarUrl, m.conten
 console.log(JSON.stringify({ ada: view(seen.ada), bob: view(seen.bob) }));
 `;
 
+/** Shared by the scripts below: polls until `predicate` holds, or exits with `what`. */
+const UNTIL = `
+const until = async (predicate, what, ms = 10000) => {
+  const deadline = Date.now() + ms;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error("Timed out waiting: " + what);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+};
+`;
+
+/**
+ * Runs under node: one client whose token the app switches (carol, dave who is not a
+ * member, carol again, then a logout and a new sign-up), with a watched room throughout.
+ */
+const IDENTITY = `
+import { createParleyClient, watchRoom } from "parley-client";
+${UNTIL}
+const url = process.argv[2];
+const anon = createParleyClient({ url });
+const carol = await anon.trpc.users.create.mutate({ username: "node_carol" });
+const dave = await anon.trpc.users.create.mutate({ username: "node_dave" });
+const carolApi = createParleyClient({ url, token: carol.token });
+const room = await carolApi.trpc.rooms.create.mutate({ name: "Carol's" });
+for (let i = 1; i <= 3; i++) await carolApi.trpc.messages.send.mutate({ roomId: room.id, content: "secret " + i });
+
+let stored = carol.token;
+const parley = createParleyClient({ url, token: () => stored });
+const states = [];
+let list = [];
+const watch = watchRoom(parley, room.id, {
+  onMessages: (messages) => { list = messages; },
+  onStateChange: (state, error) => states.push([state, error?.data?.code ?? null]),
+});
+const last = () => states.at(-1) ?? [];
+await until(() => last()[0] === "live", "carol live");
+
+// C→D: dave subscribes from the start at once, on the socket carol opened.
+stored = dave.token;
+const dave0 = { seqs: [], code: null };
+const sub = parley.trpc.messages.onMessage.subscribe({ roomId: room.id, lastEventId: "0" }, {
+  onData: (event) => dave0.seqs.push(event.data.seq),
+  onError: (error) => { dave0.code = error.data?.code ?? "UNKNOWN"; },
+});
+await until(() => dave0.code !== null || dave0.seqs.length > 0, "an answer for dave");
+sub.unsubscribe();
+await until(() => last()[0] === "error", "carol's watch refused as dave");
+const refusedAsDave = last()[1];
+
+// D→C: no call made; the refused watch notices the token by itself.
+stored = carol.token;
+await until(() => last()[0] === "live", "carol live again");
+const recovered = list.map((m) => m.seq);
+
+// Logout, a new sign-up and a join: live again well before the 5 s idle close.
+await parley.trpc.users.logout.mutate();
+await until(() => last()[0] === "error", "refused after logout");
+const afterLogout = last()[1];
+stored = null;
+const erin = await parley.trpc.users.create.mutate({ username: "node_erin" });
+stored = erin.token;
+const joinedAt = Date.now();
+await parley.trpc.rooms.join.mutate({ roomId: room.id });
+await until(() => last()[0] === "live", "live as erin", 4000);
+const liveAfterMs = Date.now() - joinedAt;
+const sent = await watch.send("hi from erin");
+await until(() => list.at(-1)?.seq === sent.seq, "erin's message shown");
+watch.stop();
+await Promise.all([anon.close(), carolApi.close(), parley.close()]);
+console.log(JSON.stringify({
+  dave: dave0, refusedAsDave, recovered, afterLogout, liveSoon: liveAfterMs < 4000,
+  erinSent: sent.userId === erin.user.id, seqs: list.map((m) => m.seq),
+}));
+`;
+
+/** Runs under node: many calls in one tick, large messages and 25 watched rooms. */
+const LIMITS = `
+import { createParleyClient, watchRoom } from "parley-client";
+${UNTIL}
+const url = process.argv[2];
+const anon = createParleyClient({ url });
+const ada = await anon.trpc.users.create.mutate({ username: "node_limits" });
+const parley = createParleyClient({ url, token: () => ada.token });
+const times = (n, make) => Promise.allSettled(Array.from({ length: n }, (_, i) => make(i)));
+const ok = (results) => results.filter((r) => r.status === "fulfilled").length;
+
+const rooms = (await times(25, (i) => parley.trpc.rooms.create.mutate({ name: "Room " + i })))
+  .filter((r) => r.status === "fulfilled").map((r) => r.value);
+const room = rooms[0];
+const q21 = ok(await times(21, () => parley.trpc.rooms.get.query({ roomId: room.id })));
+const q60 = ok(await times(60, () => parley.trpc.messages.list.query({ roomId: room.id })));
+const emoji = "\u{1F600}".repeat(4000);
+const sent5 = ok(await times(5, () => parley.trpc.messages.send.mutate({ roomId: room.id, content: emoji })));
+const sent20 = ok(await times(20, () => parley.trpc.messages.send.mutate({ roomId: room.id, content: emoji })));
+const stored = (await parley.trpc.messages.list.query({ roomId: room.id, limit: 100 })).items.length;
+
+const states = new Map();
+const handles = rooms.map((r) => watchRoom(parley, r.id, {
+  onMessages: () => {},
+  onStateChange: (state) => states.set(r.id, state),
+}));
+const allLive = () => rooms.every((r) => states.get(r.id) === "live");
+await until(allLive, "25 rooms live").catch(() => {});
+const live = rooms.filter((r) => states.get(r.id) === "live").length;
+for (const handle of handles) handle.stop();
+await Promise.all([anon.close(), parley.close()]);
+console.log(JSON.stringify({ rooms: rooms.length, q21, q60, sent5, sent20, stored, live }));
+`;
+
 Deno.test("the built client", async (t) => {
   const work = await Deno.makeTempDir({ prefix: "parley_consumer_" });
   try {
@@ -136,6 +254,8 @@ Deno.test("the built client", async (t) => {
     await Deno.writeTextFile(`${app}/good.ts`, GOOD);
     await Deno.writeTextFile(`${app}/bad.ts`, BAD);
     await Deno.writeTextFile(`${app}/run.mjs`, RUN);
+    await Deno.writeTextFile(`${app}/identity.mjs`, IDENTITY);
+    await Deno.writeTextFile(`${app}/limits.mjs`, LIMITS);
     const tsc = (file: string) => {
       const config = { ...TSCONFIG, files: [file] };
       return Deno.writeTextFile(`${app}/tsconfig.${file}.json`, JSON.stringify(config))
@@ -170,6 +290,37 @@ Deno.test("the built client", async (t) => {
         [2, "node_bob", null, "hi ada", true],
       ];
       assert.deepEqual(seen, { ada: expected, bob: expected });
+    });
+
+    await t.step(
+      "under node, a socket opened with one token never serves another's calls",
+      async () => {
+        await using env = await startTestEnv();
+        const seen = await runNode(app, "identity.mjs", env.url);
+        assert.deepEqual(seen, {
+          dave: { seqs: [], code: "FORBIDDEN" },
+          refusedAsDave: "FORBIDDEN",
+          recovered: [1, 2, 3],
+          afterLogout: "UNAUTHORIZED",
+          liveSoon: true,
+          erinSent: true,
+          seqs: [1, 2, 3, 4],
+        });
+      },
+    );
+
+    await t.step("under node, many calls at once stay within the server's limits", async () => {
+      await using env = await startTestEnv({ limits: BULK_LIMITS });
+      const seen = await runNode(app, "limits.mjs", env.url);
+      assert.deepEqual(seen, {
+        rooms: 25,
+        q21: 21,
+        q60: 60,
+        sent5: 5,
+        sent20: 20,
+        stored: 25,
+        live: 25,
+      });
     });
   } finally {
     await Deno.remove(work, { recursive: true });
