@@ -5,7 +5,7 @@
  * Screenshots go to test-results/browser/.
  */
 import assert from "node:assert/strict";
-import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
+import { type Browser, type BrowserContext, chromium, type Page } from "npm:playwright-core@1.65.1";
 import { serveExample } from "../scripts/serve_example.ts";
 import { startTestEnv, waitFor } from "./_helpers.ts";
 

@@ -462,3 +462,33 @@ Deno.test("a busy port is reported in one line before any database is opened", a
     await Deno.remove(new URL(dir, ROOT), { recursive: true }).catch(() => {});
   }
 });
+
+Deno.test("starting the server installs only what the app uses: no test-only package in deno.json or deno.lock", async () => {
+  // With nodeModulesDir "auto", `deno task start` installs every package of deno.json's import
+  // map and of deno.lock. Test-only packages (Playwright) are imported by URL in tests/ and
+  // locked in tests/deno.lock, which only the test task reads.
+  const config = JSON.parse(await Deno.readTextFile(new URL("deno.json", ROOT)));
+  const lock = JSON.parse(await Deno.readTextFile(new URL("deno.lock", ROOT)));
+  const used = new Set<string>();
+  for (const dir of [".", "server", "server/routers", "db", "client", "scripts", "bench"]) {
+    for await (const entry of Deno.readDir(new URL(`${dir}/`, ROOT))) {
+      if (!entry.isFile || !entry.name.endsWith(".ts")) continue;
+      const source = await Deno.readTextFile(new URL(`${dir}/${entry.name}`, ROOT));
+      for (const [, specifier] of source.matchAll(/from "([^".][^"]*)"/g)) used.add(specifier);
+    }
+  }
+  for (const name of Object.keys(config.imports)) {
+    assert.ok(
+      [...used].some((specifier) => specifier === name || specifier.startsWith(`${name}/`)),
+      `deno.json imports ${name}, which no file outside tests/ uses`,
+    );
+  }
+  const mapped = new Set(Object.values(config.imports) as string[]);
+  for (const specifier of Object.keys(lock.specifiers)) {
+    assert.ok(
+      [...mapped].some((target) => target === specifier || target.startsWith(`${specifier}/`)),
+      `deno.lock locks ${specifier}, which deno.json's import map does not name`,
+    );
+  }
+  assert.ok(!JSON.stringify(lock).includes("playwright"));
+});
