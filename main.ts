@@ -1,9 +1,10 @@
 /** Entry point: configuration from the environment, the database, migrations, the server. */
 import { DataDirInUseError, type EmbeddedPostgres, startEmbedded } from "./db/embedded.ts";
-import { connect, isTransientDatabaseError } from "./db/mod.ts";
+import { connect, isTransientDatabaseError, postgres, refusedStartupParameter } from "./db/mod.ts";
 import { migrate } from "./db/migrate.ts";
 import { fillUsernameKeys } from "./db/users.ts";
 import { ConfigError, loadConfig } from "./server/config.ts";
+import { NotificationsNotHeardError } from "./server/listening.ts";
 import { createLogger } from "./server/log.ts";
 import { serve } from "./server/serve.ts";
 
@@ -43,24 +44,39 @@ async function main(): Promise<void> {
       "Warning: the embedded database serves one instance; " +
         "run several instances only against a real Postgres (DATABASE_URL)",
     );
+  } else if (config.databaseDirectUrl === null) {
+    log.info(`Database: Postgres at ${where(config.databaseUrl)}`);
   } else {
-    const { host, pathname } = new URL(config.databaseUrl);
-    log.info(`Database: Postgres at ${host}${pathname}`);
+    log.info(
+      `Database: Postgres through the pooler at ${where(config.databaseUrl)}; ` +
+        `LISTEN and migrations at ${where(config.databaseDirectUrl)}`,
+    );
   }
+  // Postgres itself: the same server as the pool unless DATABASE_URL is a pooler.
+  const directUrl = config.databaseDirectUrl ?? config.databaseUrl;
   // pglite-socket interleaves concurrent connections' messages, so embedded gets one.
-  const sql = connect(embedded?.url ?? config.databaseUrl!, { max: embedded ? 1 : 10 });
+  const sql = connect(embedded?.url ?? config.databaseUrl!, {
+    max: embedded ? 1 : 10,
+    pooler: config.databaseDirectUrl !== null,
+  });
+  // Migrations take the advisory lock, which needs a session of its own, and may run longer
+  // than the pool's statement_timeout: a connection of their own, ended once they are done.
+  const migrator = embedded || directUrl === null
+    ? sql
+    : connect(directUrl, { max: 1, statementTimeoutMs: null, lockTimeoutMs: null });
   const server = await serve({
     ...config,
     sql,
     log,
     crossInstance: embedded === null,
+    listenUrl: directUrl ?? undefined,
     // Retried with backoff while the database is unreachable; meanwhile /health says 503.
     async prepare() {
-      const applied = await migrate(sql);
+      const applied = await migrate(migrator);
       log.info(
         applied.length ? `Applied migrations: ${applied.join(", ")}` : "Database is up to date",
       );
-      const keys = await fillUsernameKeys(sql);
+      const keys = await fillUsernameKeys(migrator);
       if (keys.filled > 0) log.info(`Filled the username key of ${keys.filled} users`);
       if (keys.collisions.length > 0) {
         log.warn(
@@ -69,12 +85,16 @@ async function main(): Promise<void> {
           { userIds: keys.collisions.slice(0, 20).join(",") },
         );
       }
+      if (migrator !== sql) await migrator.end({ timeout: 1 });
     },
   });
   server.ready.catch(async (error) => {
-    log.error("Cannot start: database migration failed", error);
+    const refusal = configurationRefusal(error, config.databaseDirectUrl !== null);
+    if (refusal) log.error(`Cannot start: ${refusal}`);
+    else log.error("Cannot start: database migration failed", error);
     await server.shutdown({ graceMs: 0 });
     await sql.end({ timeout: 1 });
+    if (migrator !== sql) await migrator.end({ timeout: 0 });
     await embedded?.close();
     Deno.exit(1);
   });
@@ -111,12 +131,49 @@ async function main(): Promise<void> {
   log.info(
     `Accepting connections on port ${server.port}; the API opens once the database is ready`,
   );
-  await server.ready;
+  // A failed start is reported above (one line, exit 1): only a success goes on here.
+  if (!(await server.ready.then(() => true, () => false))) return;
   log.info(
     `parley listening on http://${config.hostname}:${server.port} (origins: ${
       config.origins.rules.map((rule) => rule.source).join(", ") || "none"
     })`,
   );
+}
+
+/** A database URL's host and database, for logs (never its user or password). */
+function where(url: string): string {
+  const { host, pathname } = new URL(url);
+  return `${host}${pathname}`;
+}
+
+/**
+ * One line saying which setting to change, when startup failed because the database
+ * configuration cannot work (a pooler in transaction mode where Postgres itself is needed);
+ * null for any other failure. `direct`: DATABASE_DIRECT_URL is set.
+ */
+function configurationRefusal(error: unknown, direct: boolean): string | null {
+  const parameter = refusedStartupParameter(error);
+  if (parameter !== null) {
+    return `the server at DATABASE_URL refused the startup parameter ${parameter}, as a ` +
+      "connection pooler such as PgBouncer does: set DATABASE_DIRECT_URL to Postgres itself " +
+      "(DATABASE_URL stays the pooler)";
+  }
+  // 26000: a statement prepared on one server connection was run on another.
+  if (error instanceof postgres.PostgresError && error.code === "26000" && !direct) {
+    return `a prepared statement vanished between two statements (${error.message}), as ` +
+      "behind a pooler in transaction mode such as PgBouncer: set DATABASE_DIRECT_URL to " +
+      "Postgres itself (DATABASE_URL stays the pooler)";
+  }
+  if (error instanceof NotificationsNotHeardError) {
+    return direct
+      ? `a NOTIFY sent through DATABASE_URL was not heard on DATABASE_DIRECT_URL within ` +
+        `${error.waitedMs} ms: DATABASE_DIRECT_URL must be Postgres itself (not a pooler), ` +
+        "with the same database as DATABASE_URL"
+      : `a NOTIFY sent through DATABASE_URL was not heard on its LISTEN connection within ` +
+        `${error.waitedMs} ms, as behind a pooler in transaction mode such as PgBouncer: ` +
+        "set DATABASE_DIRECT_URL to Postgres itself (DATABASE_URL stays the pooler)";
+  }
+  return null;
 }
 
 /**

@@ -2,7 +2,8 @@
  * Postgres LISTEN/NOTIFY for fan-out between instances. Payloads stay small
  * (ids and numbers, never message bodies): NOTIFY caps them at 8000 bytes.
  */
-import type { Sql } from "./mod.ts";
+import { connect as connectSocket, type Socket } from "node:net";
+import { connect, type Sql } from "./mod.ts";
 
 /** Channel announcing committed messages: payload `roomId:seq[,roomId:seq...]`. */
 export const MESSAGES_CHANNEL = "parley_messages";
@@ -27,15 +28,72 @@ export async function notifyAll(sql: Sql, channel: string, items: string[]): Pro
 }
 
 /**
- * Listens on `channel` on a dedicated connection that postgres.js reconnects by
- * itself; `onListen` runs after every (re)connect. Resolves with an unlisten function.
+ * A new heartbeat channel, `parley_heartbeat_` and 12 random hex digits: one instance NOTIFYs
+ * it and LISTENs on it, so no other instance hears its heartbeats.
  */
-export async function listen(
-  sql: Sql,
-  channel: string,
-  onNotify: (payload: string) => void,
-  onListen: () => void,
-): Promise<() => Promise<void>> {
-  const { unlisten } = await sql.listen(channel, onNotify, onListen);
-  return unlisten;
+export function heartbeatChannel(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(6));
+  return `parley_heartbeat_${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+}
+
+/**
+ * One LISTEN connection on a client of its own. postgres.js reconnects it by itself when its
+ * socket closes or errors, and LISTENs again; a socket that is black-holed (no FIN, no RST)
+ * never does either, so its owner must be able to destroy it.
+ */
+export interface ListeningClient {
+  /**
+   * LISTENs on `channel`: `onNotify` gets each payload; `onListen` runs after the LISTEN and
+   * after every reconnect of this client. Rejects when the connection cannot be opened
+   * (postgres.js's connection errors: `ECONNREFUSED`, `CONNECT_TIMEOUT`, ...).
+   */
+  listen(
+    channel: string,
+    onNotify: (payload: string) => void,
+    onListen?: () => void,
+  ): Promise<void>;
+  /**
+   * Destroys the socket at once (no goodbye message, which a black hole would swallow) and
+   * ends the client: its callbacks never run again. Safe to call twice.
+   */
+  destroy(): void;
+}
+
+/**
+ * Opens a client for one LISTEN connection to `url`, which must be Postgres itself: through a
+ * pooler in transaction mode the LISTEN stays on whichever server connection ran it and
+ * notifications never arrive. The connection opens on the first `listen`.
+ */
+export function openListeningClient(url: string): ListeningClient {
+  const sockets = new Set<Socket>();
+  let destroyed = false;
+  const client = connect(url, {
+    max: 1,
+    // Nothing runs long on this connection: the server's own timeouts are enough.
+    statementTimeoutMs: null,
+    lockTimeoutMs: null,
+    // postgres.js calls this with its parsed options for each connection it opens.
+    socket(target) {
+      if (destroyed) throw new Error("Cannot open a LISTEN connection: its client was destroyed");
+      // One host: a LISTEN connection has no use for postgres.js's multi-host failover.
+      const socket = target.path
+        ? connectSocket(target.path)
+        : connectSocket(target.port[0], target.host[0]);
+      sockets.add(socket);
+      socket.once("close", () => sockets.delete(socket));
+      return socket;
+    },
+  });
+  return {
+    async listen(channel, onNotify, onListen) {
+      await client.listen(channel, onNotify, onListen);
+    },
+    destroy() {
+      if (destroyed) return;
+      destroyed = true;
+      for (const socket of sockets) socket.destroy();
+      sockets.clear();
+      client.end({ timeout: 0 }).catch(() => {});
+    },
+  };
 }

@@ -154,3 +154,17 @@ export async function getLastSeq(sql: Sql, roomId: string): Promise<number | und
   const [row] = await sql<[{ lastSeq: number }?]>`select last_seq from rooms where id = ${roomId}`;
   return row?.lastSeq;
 }
+
+/**
+ * Each room's `last_seq` (its newest message's seq, 0 when empty), by room id; rooms that do
+ * not exist are left out. One round trip whatever the number of rooms.
+ */
+export async function getLastSeqs(sql: Sql, roomIds: string[]): Promise<Map<string, number>> {
+  if (roomIds.length === 0) return new Map();
+  // Ids travel as JSON: the pool does not fetch array types (db/mod.ts), so sql.array is out.
+  const rows = await sql<{ id: string; lastSeq: number }[]>`
+    select id, last_seq from rooms
+    where id in (select jsonb_array_elements_text(${sql.json(roomIds)})::uuid)
+  `;
+  return new Map(rows.map((row) => [row.id, row.lastSeq]));
+}

@@ -7,6 +7,13 @@ export interface Config {
   hostname: string;
   /** A real Postgres server, or null for the embedded database in `pgliteDir`. */
   databaseUrl: string | null;
+  /**
+   * Postgres itself when `databaseUrl` is a pooler in transaction mode (`DATABASE_DIRECT_URL`):
+   * the LISTEN connection and migrations go there, and `databaseUrl` gets unnamed statements
+   * and no startup parameters. Null when unset or equal to `databaseUrl` (then that one is
+   * Postgres itself).
+   */
+  databaseDirectUrl: string | null;
   pgliteDir: string;
   origins: OriginPolicy;
   /** Set by `RAILWAY_ENVIRONMENT` or `DENO_ENV=production`: stricter checks, JSON logs. */
@@ -67,6 +74,18 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   ) {
     problems.push("DATABASE_URL must be a postgres:// or postgresql:// URL");
   }
+  let databaseDirectUrl = env.DATABASE_DIRECT_URL?.trim() || null;
+  if (databaseDirectUrl !== null) {
+    if (!/^postgres(ql)?:\/\//.test(databaseDirectUrl) || !URL.canParse(databaseDirectUrl)) {
+      problems.push("DATABASE_DIRECT_URL must be a postgres:// or postgresql:// URL");
+    } else if (databaseUrl === null) {
+      problems.push(
+        "DATABASE_DIRECT_URL is set without DATABASE_URL: set DATABASE_URL to the pooler " +
+          "and DATABASE_DIRECT_URL to Postgres itself",
+      );
+    }
+    if (databaseDirectUrl === databaseUrl) databaseDirectUrl = null;
+  }
   const pgliteDir = env.PGLITE_DIR?.trim() || DEFAULT_PGLITE_DIR;
 
   let originList = env.ALLOWED_ORIGINS;
@@ -110,6 +129,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     port,
     hostname,
     databaseUrl,
+    databaseDirectUrl,
     pgliteDir,
     origins,
     production,

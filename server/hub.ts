@@ -4,19 +4,28 @@
  *
  * Each watched room has a cursor: the last seq delivered to its listeners. A
  * message sent through this instance is delivered at once when it is the next
- * seq; anything else (a NOTIFY from another instance, a gap, a reconnect of the
- * listening connection) makes the room catch up from Postgres in batches. Sends
- * are announced to other instances after commit, coalesced into few NOTIFYs.
+ * seq; anything else (a NOTIFY from another instance, a gap, a reconnect or a
+ * replacement of the LISTEN connection) makes the room catch up from Postgres in
+ * batches. Sends are announced to other instances after commit, coalesced into few
+ * NOTIFYs. Two checks hold whatever NOTIFY does: a heartbeat replaces a dead LISTEN
+ * connection (server/listening.ts), and a reconciliation reads the watched rooms'
+ * last seq every `reconcileMs` in one query and catches up the rooms that are behind
+ * (a message committed by a process that died before its NOTIFY).
  */
 import { listMessages, type Message } from "../db/messages.ts";
 import type { Sql } from "../db/mod.ts";
-import { ACCESS_CHANNEL, listen, MESSAGES_CHANNEL, notifyAll } from "../db/notify.ts";
-import { getLastSeq } from "../db/rooms.ts";
+import { ACCESS_CHANNEL, MESSAGES_CHANNEL, notifyAll } from "../db/notify.ts";
+import { getLastSeq, getLastSeqs } from "../db/rooms.ts";
 import { findRevoked } from "../db/users.ts";
+import { withDeadline } from "./deadline.ts";
+import { HEARTBEAT_MS, HEARTBEAT_TIMEOUT_MS, ListeningConnection } from "./listening.ts";
 import type { Logger } from "./log.ts";
 
 /** Messages fetched per round trip when a room catches up. */
 const CATCH_UP_BATCH = 500;
+
+/** How long one reconciliation query may take before the next one is scheduled anyway. */
+const RECONCILE_DEADLINE_MS = 10_000;
 
 /** Receives a room's messages in seq order. */
 export type MessageListener = (message: Message) => void;
@@ -39,6 +48,42 @@ interface RoomState {
   dirty: boolean;
 }
 
+/** How often the hub checks its LISTEN connection and the watched rooms, in milliseconds. */
+export interface HubTimings {
+  /** Between heartbeats on the LISTEN connection. */
+  heartbeatMs: number;
+  /**
+   * How long a heartbeat may take to be heard before the LISTEN connection is replaced; at
+   * startup, before the instance refuses to start (`NotificationsNotHeardError`).
+   */
+  heartbeatTimeoutMs: number;
+  /** Between reconciliations of the watched rooms (none while no room is watched). */
+  reconcileMs: number;
+}
+
+/** The production timings: a dead LISTEN connection or a lost NOTIFY costs a few seconds. */
+export const DEFAULT_HUB_TIMINGS: HubTimings = {
+  heartbeatMs: HEARTBEAT_MS,
+  heartbeatTimeoutMs: HEARTBEAT_TIMEOUT_MS,
+  reconcileMs: 2_000,
+};
+
+/** Options of a `Hub`. */
+export interface HubOptions {
+  /**
+   * False (the embedded database) keeps everything in this process: no LISTEN, no NOTIFY,
+   * no reconciliation (default true).
+   */
+  crossInstance?: boolean;
+  /**
+   * Postgres itself, never a pooler in transaction mode: where the LISTEN connection goes.
+   * Required by `start` when `crossInstance`.
+   */
+  listenUrl?: string;
+  /** Overrides some of `DEFAULT_HUB_TIMINGS` (tests shorten them). */
+  timings?: Partial<HubTimings>;
+}
+
 /** The per-process fan-out hub. */
 export class Hub {
   #sql: Sql;
@@ -47,35 +92,62 @@ export class Hub {
   #holders = new Map<Holder, (reason: Revocation) => void>();
   #pending = new Map<string, number>();
   #flushing: Promise<void> | null = null;
-  #unlisten: (() => Promise<void>)[] = [];
+  #listening: ListeningConnection | null = null;
   #closed = false;
   #timers = new Set<ReturnType<typeof setTimeout>>();
+  #reconcileFailing = false;
 
   #crossInstance: boolean;
+  #listenUrl: string | undefined;
+  #timings: HubTimings;
 
-  /**
-   * `crossInstance: false` (the embedded database) keeps everything in this process:
-   * no LISTEN, no NOTIFY.
-   */
-  constructor(sql: Sql, log: Logger, options: { crossInstance?: boolean } = {}) {
+  /** `sql` is the pool every query and NOTIFY goes through (it may be a pooler). */
+  constructor(sql: Sql, log: Logger, options: HubOptions = {}) {
     this.#sql = sql;
     this.#log = log;
     this.#crossInstance = options.crossInstance ?? true;
+    this.#listenUrl = options.listenUrl;
+    this.#timings = { ...DEFAULT_HUB_TIMINGS, ...options.timings };
   }
 
-  /** Starts listening for other instances' messages and access changes. */
+  /**
+   * Starts listening for other instances' messages and access changes, with the heartbeat,
+   * and the reconciliation. Rejects with the database's error while it is unreachable
+   * (nothing is left open: call again), or with `NotificationsNotHeardError` when a NOTIFY
+   * sent through the pool is not heard on the LISTEN connection.
+   */
   async start(): Promise<void> {
     if (!this.#crossInstance) return;
-    this.#unlisten.push(
-      await listen(this.#sql, MESSAGES_CHANNEL, (p) => this.#onMessagesNotify(p), () => {
-        // After a (re)connect of the listening connection, anything may have been missed.
-        for (const [roomId, room] of this.#rooms) this.#catchUp(roomId, room);
-      }),
-      await listen(this.#sql, ACCESS_CHANNEL, (p) => this.#onAccessNotify(p), () => {
-        // Leaves and logouts announced while the connection was down are lost: check again.
-        this.#revalidate();
-      }),
-    );
+    if (this.#listenUrl === undefined) {
+      throw new TypeError("Cannot listen for other instances: no listenUrl was given");
+    }
+    const listening = new ListeningConnection({
+      url: this.#listenUrl,
+      pool: this.#sql,
+      log: this.#log,
+      heartbeatMs: this.#timings.heartbeatMs,
+      heartbeatTimeoutMs: this.#timings.heartbeatTimeoutMs,
+      channels: [
+        {
+          channel: MESSAGES_CHANNEL,
+          onNotify: (p) => this.#onMessagesNotify(p),
+          // After a (re)connect or a replacement, anything may have been missed.
+          onListen: () => {
+            for (const [roomId, room] of this.#rooms) this.#catchUp(roomId, room);
+          },
+        },
+        {
+          channel: ACCESS_CHANNEL,
+          onNotify: (p) => this.#onAccessNotify(p),
+          // Leaves and logouts announced while the connection was down are lost: check again.
+          onListen: () => this.#revalidate(),
+        },
+      ],
+    });
+    await listening.start();
+    if (this.#closed) return await listening.close();
+    this.#listening = listening;
+    this.#later(this.#timings.reconcileMs, () => this.#reconcile());
   }
 
   /** Stops listening and flushes pending notifications. */
@@ -83,7 +155,7 @@ export class Hub {
     this.#closed = true;
     for (const timer of this.#timers) clearTimeout(timer);
     await this.#flushing;
-    await Promise.all(this.#unlisten.map((unlisten) => unlisten().catch(() => {})));
+    await this.#listening?.close();
   }
 
   /**
@@ -204,6 +276,36 @@ export class Hub {
       fn();
     }, ms);
     this.#timers.add(timer);
+  }
+
+  /**
+   * Reads the last seq of every watched room in one query and catches up those that are
+   * behind: a committed message whose NOTIFY was lost reaches subscribers within
+   * `reconcileMs` and a catch-up. No query while no room is watched.
+   */
+  #reconcile(): void {
+    const rooms = [...this.#rooms].filter(([, room]) => room.cursor >= 0);
+    if (rooms.length === 0) {
+      this.#later(this.#timings.reconcileMs, () => this.#reconcile());
+      return;
+    }
+    // Bounded: a query stuck on a dead pool connection must not end the reconciliation.
+    withDeadline(
+      RECONCILE_DEADLINE_MS,
+      () => getLastSeqs(this.#sql, rooms.map(([roomId]) => roomId)),
+    ).then((lastSeqs) => {
+      this.#reconcileFailing = false;
+      for (const [roomId, room] of rooms) {
+        const lastSeq = lastSeqs.get(roomId) ?? 0;
+        if (lastSeq > room.cursor && this.#rooms.get(roomId) === room) this.#catchUp(roomId, room);
+      }
+    }).catch((error) => {
+      // An outage: logged once, tried again at every interval.
+      if (!this.#reconcileFailing && !this.#closed) {
+        this.#log.error("Cannot reconcile watched rooms: retrying", error);
+      }
+      this.#reconcileFailing = true;
+    }).finally(() => this.#later(this.#timings.reconcileMs, () => this.#reconcile()));
   }
 
   #revalidate(): void {

@@ -1,11 +1,13 @@
 /**
  * Starts parley's HTTP and WebSocket server. It listens at once and serves the API once the
  * database is there: until then `/health` and every call answer 503 with a retry hint, and the
- * preparation (migrations) and the hub's LISTEN are retried with backoff.
+ * preparation (migrations) and the hub's LISTEN are retried with backoff. A LISTEN connection
+ * that does not hear a NOTIFY sent through the pool (a pooler in transaction mode) fails
+ * `ready` with `NotificationsNotHeardError`.
  */
 import { isTransientDatabaseError, type Sql } from "../db/mod.ts";
 import { createApp, type SocketOptions } from "./app.ts";
-import { Hub } from "./hub.ts";
+import { Hub, type HubTimings } from "./hub.ts";
 import { type AbuseLimits, DEFAULT_ABUSE_LIMITS } from "./limits.ts";
 import type { Logger } from "./log.ts";
 import type { OriginPolicy } from "./origin.ts";
@@ -23,6 +25,13 @@ export interface ServeOptions {
   sockets?: SocketOptions;
   /** False for the embedded database: fan-out stays in this process (default true). */
   crossInstance?: boolean;
+  /**
+   * Postgres itself (never a pooler in transaction mode) for the LISTEN connection; required
+   * unless `crossInstance` is false. `sql` may be a pooler.
+   */
+  listenUrl?: string;
+  /** Heartbeat and reconciliation intervals (default: `DEFAULT_HUB_TIMINGS`). */
+  hubTimings?: Partial<HubTimings>;
   /** Rates and connection caps (default: `DEFAULT_ABUSE_LIMITS`). */
   limits?: AbuseLimits;
   /** The header a trusted proxy puts the client address in (default: none, the TCP peer). */
@@ -49,7 +58,8 @@ export interface RunningServer {
   readonly connections: number;
   /**
    * Resolves once the database is prepared and the hub listens, i.e. the API serves calls;
-   * rejects when preparation fails for a reason other than an outage.
+   * rejects when preparation fails for a reason other than an outage, or when the LISTEN
+   * connection does not hear the pool's NOTIFY (`NotificationsNotHeardError`).
    */
   ready: Promise<void>;
   /**
@@ -61,7 +71,11 @@ export interface RunningServer {
 
 /** Serves the API until `shutdown` is called. */
 export async function serve(options: ServeOptions): Promise<RunningServer> {
-  const hub = new Hub(options.sql, options.log, { crossInstance: options.crossInstance });
+  const hub = new Hub(options.sql, options.log, {
+    crossInstance: options.crossInstance,
+    listenUrl: options.listenUrl,
+    timings: options.hubTimings,
+  });
   const limits = options.limits ?? DEFAULT_ABUSE_LIMITS;
   const app = createApp({
     ...options,

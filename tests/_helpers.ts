@@ -17,6 +17,7 @@ import { connect, type Sql } from "../db/mod.ts";
 import { migrate } from "../db/migrate.ts";
 import { fillUsernameKeys } from "../db/users.ts";
 import type { SocketOptions } from "../server/app.ts";
+import type { HubTimings } from "../server/hub.ts";
 import { type AbuseLimits, DEFAULT_ABUSE_LIMITS } from "../server/limits.ts";
 import type { LogFields, Logger } from "../server/log.ts";
 import { createOriginPolicy } from "../server/origin.ts";
@@ -136,7 +137,7 @@ export const BULK_LIMITS_ENV: Record<string, string> = {
 
 /**
  * Starts a server on a fresh, migrated database (or, with `db`, a second one on the same).
- * `limits` overrides some of the production defaults.
+ * `limits` and `hubTimings` override some of the production defaults.
  */
 export async function startTestEnv(
   options: {
@@ -145,6 +146,7 @@ export async function startTestEnv(
     sockets?: SocketOptions;
     limits?: Partial<AbuseLimits>;
     clientAddressHeader?: string;
+    hubTimings?: Partial<HubTimings>;
   } = {},
 ): Promise<TestEnv> {
   const db = options.db ?? await createTestDatabase();
@@ -160,6 +162,8 @@ export async function startTestEnv(
     port: 0,
     sockets: options.sockets,
     crossInstance: !EMBEDDED,
+    listenUrl: db.url,
+    hubTimings: options.hubTimings,
     limits: { ...DEFAULT_ABUSE_LIMITS, ...options.limits },
     clientAddressHeader: options.clientAddressHeader ?? null,
   });

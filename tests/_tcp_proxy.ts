@@ -10,9 +10,14 @@ export interface TcpProxy extends AsyncDisposable {
   port: number;
   /** Open client connections. */
   readonly connections: number;
-  /** Stops forwarding in both directions on every open connection, without closing any. */
-  blackhole(): void;
-  /** Forwards again (new connections always forward unless `refuseNew`). */
+  /**
+   * Stops forwarding in both directions on every open connection, without closing any; new
+   * connections still forward. `localPort` black-holes only the connection whose port on the
+   * proxy's side toward the target is that (Postgres's `pg_stat_activity.client_port`), e.g.
+   * an idle LISTEN connection. Returns how many connections it black-holed.
+   */
+  blackhole(options?: { localPort?: number }): number;
+  /** Forwards again (new connections always forward unless `swallowNew`). */
   heal(): void;
   /** From now on, new connections are accepted and never answered (true), or proxied (false). */
   swallowNew(on: boolean): void;
@@ -30,20 +35,26 @@ export function startTcpProxy(
   options: { port?: number } = {},
 ): TcpProxy {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: options.port ?? 0 });
-  const open = new Set<{ client: Deno.Conn; server: Deno.Conn | null }>();
-  let blackholed = false;
+  interface Entry {
+    client: Deno.Conn;
+    server: Deno.Conn | null;
+    blackholed: boolean;
+    waiters: Set<() => void>;
+  }
+  const open = new Set<Entry>();
   let swallow = false;
-  const waiters = new Set<() => void>();
-  const flowing = () =>
-    blackholed ? new Promise<void>((resolve) => waiters.add(resolve)) : Promise.resolve();
+  const flowing = (entry: Entry) =>
+    entry.blackholed
+      ? new Promise<void>((resolve) => entry.waiters.add(resolve))
+      : Promise.resolve();
 
-  async function pipe(from: Deno.Conn, to: Deno.Conn): Promise<void> {
+  async function pipe(entry: Entry, from: Deno.Conn, to: Deno.Conn): Promise<void> {
     const buffer = new Uint8Array(64 * 1024);
     try {
       while (true) {
         const n = await from.read(buffer);
         if (n === null) break;
-        await flowing(); // a black hole holds what it read
+        await flowing(entry); // a black hole holds what it read
         let written = 0;
         while (written < n) written += await to.write(buffer.subarray(written, n));
       }
@@ -53,7 +64,7 @@ export function startTcpProxy(
   }
 
   async function handle(client: Deno.Conn): Promise<void> {
-    const entry = { client, server: null as Deno.Conn | null };
+    const entry: Entry = { client, server: null, blackholed: false, waiters: new Set() };
     open.add(entry);
     try {
       if (swallow) {
@@ -63,7 +74,10 @@ export function startTcpProxy(
         return;
       }
       entry.server = await Deno.connect(target);
-      await Promise.race([pipe(client, entry.server), pipe(entry.server, client)]);
+      await Promise.race([
+        pipe(entry, client, entry.server),
+        pipe(entry, entry.server, client),
+      ]);
     } catch {
       // The target refused.
     } finally {
@@ -104,9 +118,11 @@ export function startTcpProxy(
   }
 
   function heal() {
-    blackholed = false;
-    for (const wake of waiters) wake();
-    waiters.clear();
+    for (const entry of open) {
+      entry.blackholed = false;
+      for (const wake of entry.waiters) wake();
+      entry.waiters.clear();
+    }
   }
 
   return {
@@ -114,8 +130,15 @@ export function startTcpProxy(
     get connections() {
       return open.size;
     },
-    blackhole() {
-      blackholed = true;
+    blackhole(options = {}) {
+      let count = 0;
+      for (const entry of open) {
+        const port = (entry.server?.localAddr as Deno.NetAddr | undefined)?.port;
+        if (options.localPort !== undefined && port !== options.localPort) continue;
+        entry.blackholed = true;
+        count++;
+      }
+      return count;
     },
     heal,
     swallowNew(on) {

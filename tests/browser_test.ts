@@ -5,6 +5,9 @@
  * Screenshots go to test-results/browser/.
  */
 import assert from "node:assert/strict";
+// Test-only, so imported by URL and locked in tests/deno.lock: deno.json's import map and
+// deno.lock hold only what `deno task start` installs.
+// deno-lint-ignore no-import-prefix
 import { type Browser, type BrowserContext, chromium, type Page } from "npm:playwright-core@1.65.1";
 import { serveExample } from "../scripts/serve_example.ts";
 import { startTestEnv, waitFor } from "./_helpers.ts";
