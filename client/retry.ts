@@ -38,11 +38,13 @@ export function retryAfterMs(error: unknown): number | null {
 
 /**
  * True for failures worth retrying: no answer (network), server errors (5xx), timeouts
- * (408) and refusals for rate (429). A refused request (other 4xx) is not.
+ * (408) and refusals for rate (429) that say when to retry. A refused request (other 4xx)
+ * is not, nor a 429 without a retry hint: that is a cap waiting does not lift (too many
+ * subscriptions on one connection).
  */
 export function isRetryable(error: unknown): boolean {
   if (!(error instanceof TRPCClientError)) return true;
-  if (isRateLimited(error)) return true;
+  if (isRateLimited(error)) return retryAfterMs(error) !== null;
   const status = error.data?.httpStatus;
   return status === undefined || status >= 500 || status === 408;
 }

@@ -47,6 +47,9 @@ export interface App {
   ready(): void;
 }
 
+/** How long a request body may take to arrive, in milliseconds (then 408). */
+const BODY_READ_MS = 10_000;
+
 /** How long a client refused by a connection cap is asked to wait, in seconds. */
 const CONNECTION_RETRY_SECONDS = 5;
 
@@ -90,7 +93,8 @@ export function createApp(appDeps: AppDeps, options: SocketOptions = {}): App {
     sockets.add(socket);
     perAddress.set(address, (perAddress.get(address) ?? 0) + 1);
     deps.log.info("WebSocket opened", { origin, address, open: sockets.size });
-    socket.once("close", () => {
+    // Counted until the connection is really gone ("closed"), not when tRPC lets go of it.
+    socket.once("closed", () => {
       sockets.delete(socket);
       const left = (perAddress.get(address) ?? 1) - 1;
       if (left > 0) perAddress.set(address, left);
@@ -163,6 +167,9 @@ export function createApp(appDeps: AppDeps, options: SocketOptions = {}): App {
     }
     const address = clientAddress(req.headers, info?.remoteAddr, deps.clientAddressHeader);
     if (wantsSocket) {
+      if (url.pathname !== "/trpc") {
+        return fail(400, "BAD_REQUEST", "WebSocket upgrades go to /trpc only");
+      }
       const refusal = checkHandshake(req);
       if (refusal) return fail(refusal.status, "BAD_REQUEST", refusal.message, refusal.headers);
       const retry = { "retry-after": String(CONNECTION_RETRY_SECONDS) };
@@ -269,6 +276,14 @@ async function handleTrpc(
         trpc: true,
       });
     }
+    if (body === "too_slow") {
+      return errorResponse({
+        status: 408,
+        code: "TIMEOUT",
+        message: `Request body not received within ${BODY_READ_MS / 1000} s`,
+        trpc: true,
+      });
+    }
     if (body === "not_utf8" || body === "broken") {
       return errorResponse({
         status: 400,
@@ -321,7 +336,7 @@ function logFailure(deps: AppDeps, error: TRPCError, what: string): void {
 async function readBody(
   req: Request,
   max: number,
-): Promise<string | "too_large" | "not_utf8" | "broken"> {
+): Promise<string | "too_large" | "too_slow" | "not_utf8" | "broken"> {
   const declared = Number(req.headers.get("content-length") ?? "0");
   if (declared > max) {
     await req.body?.cancel().catch(() => {});
@@ -329,15 +344,27 @@ async function readBody(
   }
   const chunks: Uint8Array[] = [];
   let size = 0;
+  // A client that trickles its body would hold a connection for as long as it likes.
+  const reader = req.body!.getReader();
+  let late = false;
+  const timer = setTimeout(() => {
+    late = true;
+    reader.cancel().catch(() => {});
+  }, BODY_READ_MS);
   try {
-    for await (const chunk of req.body!) {
-      size += chunk.byteLength;
+    while (true) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.byteLength;
       if (size > max) return "too_large";
-      chunks.push(chunk);
+      chunks.push(value);
     }
   } catch {
-    return "broken";
+    return late ? "too_slow" : "broken";
+  } finally {
+    clearTimeout(timer);
   }
+  if (late) return "too_slow";
   const body = new Uint8Array(size);
   let offset = 0;
   for (const chunk of chunks) {
@@ -390,6 +417,7 @@ const JSON_RPC_CODES: Record<string, number> = {
   FORBIDDEN: -32003,
   NOT_FOUND: -32004,
   PAYLOAD_TOO_LARGE: -32013,
+  TIMEOUT: -32008,
   TOO_MANY_REQUESTS: -32029,
   SERVICE_UNAVAILABLE: -32603,
 };

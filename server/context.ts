@@ -33,6 +33,8 @@ export interface ConnectionState {
   key: string | null;
   /** Open subscriptions on this WebSocket (always 0 over HTTP). */
   subscriptions: number;
+  /** Calls of this connection (a WebSocket, or one HTTP request) not answered yet. */
+  callsInFlight: number;
 }
 
 /** What tRPC hands to context creation: the request and, over WebSocket, connectionParams. */
@@ -81,6 +83,7 @@ export async function createContext(deps: ContextDeps, opts: ContextInput) {
     connection: {
       key: opts.transport === "ws" ? `ws:${crypto.randomUUID()}` : null,
       subscriptions: 0,
+      callsInFlight: 0,
     } satisfies ConnectionState as ConnectionState,
     user,
     tokenHash,

@@ -98,6 +98,23 @@ export function retryable(error: TRPCError): RetryableError | null {
   return null;
 }
 
+/** `METHOD_NOT_SUPPORTED`: a subscription was called over HTTP. */
+export function subscriptionNeedsWebSocket(): TRPCError {
+  return new TRPCError({
+    code: "METHOD_NOT_SUPPORTED",
+    message: "Subscriptions need a WebSocket connection to /trpc (tRPC's wsLink)",
+  });
+}
+
+/** `TOO_MANY_REQUESTS` with a retry hint: this connection has too many calls unanswered. */
+export function tooManyCallsInFlight(): RetryableError {
+  return new RetryableError(
+    "TOO_MANY_REQUESTS",
+    "Too many calls in flight on this connection: wait for answers before sending more",
+    250,
+  );
+}
+
 /** `TOO_MANY_REQUESTS`: this WebSocket already holds the most subscriptions it may. */
 export function tooManySubscriptions(limit: number): TRPCError {
   return new TRPCError({

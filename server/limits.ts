@@ -33,6 +33,18 @@ export const MAX_URL_BYTES = 16 * 1024;
  */
 export const MAX_HEADER_BYTES = 32 * 1024;
 
+/**
+ * Most calls one connection may have unanswered at once (a WebSocket pipelines; an HTTP batch
+ * holds at most `MAX_BATCH_SIZE`); past it a call is `TOO_MANY_REQUESTS` with a retry hint.
+ */
+export const MAX_CALLS_IN_FLIGHT = 64;
+
+/**
+ * Most bytes of message content one `messages.list` page returns; a page stops early at it
+ * (and says where to go on), so that a batch of pages stays a few megabytes at most.
+ */
+export const MAX_PAGE_CONTENT_BYTES = 256 * 1024;
+
 /** A rate: at most `points` calls in any window of `seconds` (fixed windows per key). */
 export interface Rate {
   points: number;

@@ -56,6 +56,8 @@ export interface RunningServer {
   port: number;
   /** Open WebSocket connections. */
   readonly connections: number;
+  /** What the hub holds (watched rooms, message listeners, access watchers), for tests. */
+  hubStats(): { rooms: number; listeners: number; holders: number };
   /**
    * Resolves once the database is prepared and the hub listens, i.e. the API serves calls;
    * rejects when preparation fails for a reason other than an outage, or when the LISTEN
@@ -135,6 +137,7 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     get connections() {
       return app.sockets.size;
     },
+    hubStats: () => hub.stats(),
     ready,
     async shutdown({ graceMs = 1000 } = {}) {
       stopping.abort();

@@ -7,7 +7,15 @@ import { getMembership } from "../db/rooms.ts";
 import { findUserByTokenHash } from "../db/users.ts";
 import type { Context } from "./context.ts";
 import { clip } from "./clip.ts";
-import { notMember, retryable, roomNotFound, unauthenticated } from "./errors.ts";
+import {
+  notMember,
+  retryable,
+  roomNotFound,
+  subscriptionNeedsWebSocket,
+  tooManyCallsInFlight,
+  unauthenticated,
+} from "./errors.ts";
+import { MAX_CALLS_IN_FLIGHT } from "./limits.ts";
 import type { WriteKind } from "./rate_limit.ts";
 import { CALL_DEADLINE_MS, withDeadline } from "./deadline.ts";
 import { id } from "./schemas.ts";
@@ -30,8 +38,9 @@ const t = initTRPC.context<Context>().create({
         code,
       }))
       : null;
-    // Stacks stay in the server's log, never in responses.
+    // Stacks stay in the server's log, never in responses; a path comes from the request.
     const { stack: _stack, ...data } = shape.data;
+    if (typeof data.path === "string") data.path = clip(data.path, 120);
     return {
       ...shape,
       message: publicMessage(error, zodIssues),
@@ -67,8 +76,12 @@ function publicMessage(
   const wrapsForeignError = cause instanceof Error && !(cause instanceof TRPCError) &&
     error.message === cause.message;
   if (!wrapsForeignError) return clip(error.message, 300);
-  if (cause instanceof RangeError) return "Invalid input: nested too deeply";
-  if (cause instanceof SyntaxError) return "Invalid input: the request is not valid JSON";
+  if (cause instanceof RangeError && /call stack/i.test(cause.message)) {
+    return "Invalid input: nested too deeply";
+  }
+  if (cause instanceof SyntaxError && /JSON/.test(cause.message)) {
+    return "Invalid input: the request is not valid JSON";
+  }
   return "Invalid input: the request could not be decoded (expected tRPC's superjson format)";
 }
 
@@ -83,6 +96,23 @@ export const createCallerFactory = t.createCallerFactory;
  * is bounded by `CALL_DEADLINE_MS` (`ctx.deadline` aborts when it passes).
  */
 export const publicProcedure = t.procedure.use(
+  function subscriptionsOverWebSocket({ type, ctx, next }) {
+    // tRPC runs a subscription's resolver even over HTTP (and then drops the stream it returns
+    // when SSE is off), which would leave its listeners behind: refuse it before it runs.
+    if (type === "subscription" && ctx.transport !== "ws") throw subscriptionNeedsWebSocket();
+    return next();
+  },
+).use(async function boundCallsInFlight({ ctx, next }) {
+  // One WebSocket may pipeline many calls; past a bound each waits its turn on the client.
+  const { connection } = ctx;
+  if (connection.callsInFlight >= MAX_CALLS_IN_FLIGHT) throw tooManyCallsInFlight();
+  connection.callsInFlight++;
+  try {
+    return await next();
+  } finally {
+    connection.callsInFlight--;
+  }
+}).use(
   async function mapDatabaseErrors({ next }) {
     const result = await next();
     if (!result.ok) {

@@ -55,7 +55,10 @@ export class DenoSocket {
     socket.addEventListener("error", () => {
       this.#abrupt = true;
     });
-    socket.addEventListener("close", () => this.#emitClose());
+    socket.addEventListener("close", () => {
+      this.#emitClose();
+      this.#emit("closed");
+    });
   }
 
   /** True when the peer went away without a closing handshake. */
@@ -80,8 +83,10 @@ export class DenoSocket {
 
   /**
    * Starts the closing handshake. A peer that never answers it (dead, or too slow to read
-   * the close frame) would hold the socket's subscriptions forever, so after
-   * `CLOSE_WAIT_MS` the socket counts as closed anyway.
+   * the close frame) would hold the socket's subscriptions forever, so after `CLOSE_WAIT_MS`
+   * "close" is emitted anyway (tRPC then releases them). "closed" is emitted only when the
+   * connection is really gone: connection caps count a socket until then, so a peer cannot
+   * slip past them by never answering a close.
    */
   close(code?: number, reason?: string): void {
     if (this.#socket.readyState >= WebSocket.CLOSING) return;
@@ -178,6 +183,7 @@ export function checkHandshake(req: Request): HandshakeRefusal | null {
     headers: {},
   });
   if (req.method !== "GET") return refuse("the method must be GET");
+  if (!req.headers.get("host")) return refuse("the Host header is missing");
   if (!hasToken(req.headers.get("connection"), "upgrade")) {
     return refuse("the Connection header must list Upgrade");
   }

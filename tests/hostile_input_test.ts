@@ -293,3 +293,95 @@ Deno.test("a client that vanishes without a close frame is logged as a routine c
   assert.ok(closes.every((e) => e.fields.abrupt === true));
   assert.deepEqual(env.log.events.filter((e) => e.level === "error"), []);
 });
+
+Deno.test("a subscription over HTTP is refused before it runs, and leaves nothing behind", async () => {
+  await using env = await startTestEnv();
+  const alice = await signUp(env);
+  const room = await alice.api.rooms.create.mutate({ name: "No SSE" });
+  const input = encodeURIComponent(JSON.stringify({ json: { roomId: room.id } }));
+  for (let i = 0; i < 30; i++) {
+    const res = await fetch(`${env.url}/trpc/messages.onMessage?input=${input}`, {
+      method: i % 2 ? "POST" : "GET",
+      headers: { authorization: `Bearer ${alice.token}`, "content-type": "application/json" },
+      body: i % 2 ? JSON.stringify({ json: { roomId: room.id } }) : undefined,
+    });
+    await res.body?.cancel();
+  }
+  assert.deepEqual(env.server.hubStats(), { rooms: 0, listeners: 0, holders: 0 });
+  const res = await fetch(`${env.url}/trpc/messages.onMessage?input=${input}`, {
+    headers: { authorization: `Bearer ${alice.token}`, accept: "application/json" },
+  });
+  const text = await res.text();
+  assert.match(text, /Subscriptions need a WebSocket connection/);
+});
+
+Deno.test("upgrades elsewhere than /trpc or without Host get 400", async () => {
+  await using env = await startTestEnv();
+  const { host } = new URL(env.url);
+  const lines = (path: string, withHost: boolean) => [
+    `GET ${path} HTTP/1.1`,
+    ...(withHost ? [`Host: ${host}`] : []),
+    "Upgrade: websocket",
+    "Connection: Upgrade",
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version: 13",
+  ];
+  assert.equal((await rawRequest(env.url, lines("/trpc/users.me", true))).status, 400);
+  assert.equal((await rawRequest(env.url, lines("/trpc", false))).status, 400);
+  assert.equal((await rawRequest(env.url, lines("/trpc", true))).status, 101);
+});
+
+Deno.test("a path echoed in an error is bounded", async () => {
+  await using env = await startTestEnv();
+  const res = await fetch(`${env.url}/trpc/${"p".repeat(10_000)}`);
+  const body = await res.text();
+  assert.ok(body.length < 1500, `${body.length} characters`);
+});
+
+Deno.test("a body that trickles in is cut off with 408", async () => {
+  await using env = await startTestEnv();
+  const { hostname, port } = new URL(env.url);
+  const conn = await Deno.connect({ hostname, port: Number(port) });
+  const head = [
+    "POST /trpc/users.create HTTP/1.1",
+    `Host: ${hostname}:${port}`,
+    "Content-Type: application/json",
+    "Content-Length: 1000",
+  ].join("\r\n");
+  await conn.write(new TextEncoder().encode(`${head}\r\n\r\n{"json":`));
+  const started = Date.now();
+  const buffer = new Uint8Array(4096);
+  const n = await conn.read(buffer);
+  conn.close();
+  const answer = new TextDecoder().decode(buffer.subarray(0, n ?? 0));
+  assert.match(answer, /^HTTP\/1\.1 408/);
+  assert.ok(Date.now() - started < 12_000);
+});
+
+Deno.test("calls in flight on one socket are bounded; the rest are told to retry shortly", async () => {
+  await using env = await startTestEnv();
+  const socket = new WebSocket(`${env.url.replace(/^http/, "ws")}/trpc`);
+  const replies: {
+    id: number;
+    error?: { json: { data: { code: string; retryAfterMs: number } } };
+  }[] = [];
+  socket.onmessage = (event) => {
+    const parsed = JSON.parse(String(event.data));
+    for (const reply of Array.isArray(parsed) ? parsed : [parsed]) replies.push(reply);
+  };
+  await new Promise((resolve) => socket.onopen = resolve);
+  socket.send(JSON.stringify(
+    Array.from({ length: 100 }, (_, i) => ({
+      id: i + 1,
+      method: "query",
+      params: { path: "rooms.list", input: { json: { limit: 100 } } },
+    })),
+  ));
+  await waitFor(() => replies.length >= 100, "every call answered");
+  const refused = replies.filter((r) => r.error?.json.data.code === "TOO_MANY_REQUESTS");
+  assert.ok(refused.length > 0 && refused.length <= 100 - 64, `${refused.length} refused`);
+  assert.ok(refused.every((r) => r.error!.json.data.retryAfterMs > 0));
+  const closed = new Promise((resolve) => socket.onclose = resolve);
+  socket.close();
+  await closed;
+});

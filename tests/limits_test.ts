@@ -5,12 +5,15 @@
  */
 import assert from "node:assert/strict";
 import { TRPCClientError } from "@trpc/client";
+import { createParleyClient, watchRoom } from "../client/mod.ts";
 import { ConfigError, loadConfig } from "../server/config.ts";
 import { DEFAULT_ABUSE_LIMITS } from "../server/limits.ts";
 import {
+  BULK_LIMITS,
   callError,
   client,
   errorCode,
+  rawUpgrade,
   signUp,
   startTestEnv,
   upgradeStatus,
@@ -287,5 +290,73 @@ Deno.test("the abuse limits are read from the environment, and bad values stop s
     assert.ok(error instanceof ConfigError);
     assert.equal(error.problems.length, 4, error.problems.join("\n"));
     assert.ok(error.problems.some((p) => p.startsWith("RATE_LIMIT_SENDS must look like 30/10s")));
+  }
+});
+
+Deno.test("a socket the server closed counts against the caps until its connection is gone", async () => {
+  await using env = await startTestEnv({ limits: { connectionsPerAddress: 2 } });
+  const held: Deno.TcpConn[] = [];
+  for (let i = 0; i < 2; i++) {
+    const conn = await rawUpgrade(env.url);
+    await conn.read(new Uint8Array(4096)); // the 101
+    // A binary frame makes the server close (1003); this client never answers the close.
+    await conn.write(new Uint8Array([0x82, 0x81, 1, 2, 3, 4, 1]));
+    held.push(conn);
+  }
+  await sleep(3_500); // past the server's wait for the closing handshake
+  assert.equal(await upgradeStatus(env.url), "HTTP/1.1 429 Too Many Requests");
+  for (const conn of held) conn.close();
+  await waitFor(() => env.server.connections === 0, "the connections are gone");
+  assert.equal(await upgradeStatus(env.url), "HTTP/1.1 101 Switching Protocols");
+  await waitFor(() => env.server.connections === 0, "closed");
+});
+
+Deno.test("a page of messages.list stays within 256 KiB of content and pages on", async () => {
+  await using env = await startTestEnv({ limits: BULK_LIMITS });
+  const alice = await signUp(env);
+  const room = await alice.api.rooms.create.mutate({ name: "Heavy" });
+  const emoji = "😀".repeat(4000); // 16,000 bytes
+  for (let i = 0; i < 40; i++) {
+    await alice.api.messages.send.mutate({ roomId: room.id, content: emoji });
+  }
+  const page = await alice.api.messages.list.query({ roomId: room.id, limit: 100 });
+  assert.equal(page.items.length, 16); // 16 × 16,000 ≤ 262,144 < 17 × 16,000
+  assert.equal(page.items.at(-1)!.seq, 40);
+  assert.equal(page.nextBeforeSeq, 25);
+  const older = await alice.api.messages.list.query({
+    roomId: room.id,
+    limit: 100,
+    beforeSeq: page.nextBeforeSeq!,
+  });
+  assert.deepEqual(older.items.map((m) => m.seq), Array.from({ length: 16 }, (_, i) => i + 9));
+  const forward = await alice.api.messages.list.query({ roomId: room.id, limit: 100, afterSeq: 0 });
+  assert.deepEqual(forward.items.map((m) => m.seq), Array.from({ length: 16 }, (_, i) => i + 1));
+  assert.equal(forward.nextAfterSeq, 16);
+});
+
+Deno.test("watchRoom past the subscription cap fails cleanly instead of retrying forever", async () => {
+  await using env = await startTestEnv({ limits: { subscriptionsPerSocket: 2 } });
+  const alice = await signUp(env);
+  const parley = createParleyClient({ url: env.url, token: alice.token });
+  const states: Record<string, string[]> = {};
+  const rooms: { id: string }[] = [];
+  for (let i = 0; i < 3; i++) rooms.push(await alice.api.rooms.create.mutate({ name: `R${i}` }));
+  const watches = rooms.map((room) =>
+    watchRoom(parley, room.id, {
+      onMessages: () => {},
+      onStateChange: (state) => void (states[room.id] ??= []).push(state),
+    })
+  );
+  try {
+    await waitFor(
+      () => rooms.every((r) => ["live", "error"].includes(states[r.id]?.at(-1) ?? "")),
+      "every watch settled",
+    );
+    const last = rooms.map((r) => states[r.id].at(-1));
+    assert.deepEqual(last.filter((s) => s === "live").length, 2);
+    assert.deepEqual(last.filter((s) => s === "error").length, 1);
+  } finally {
+    for (const watch of watches) watch.stop();
+    await parley.close();
   }
 });

@@ -280,7 +280,7 @@ Deno.test("a subscription cancelled during setup or before it is read leaves not
     roomGate: new RoomGate(),
     transport: "ws" as const,
     address: "127.0.0.1",
-    connection: { key: "ws:test", subscriptions: 0 },
+    connection: { key: "ws:test", subscriptions: 0, callsInFlight: 0 },
     user: alice.user,
     tokenHash: await hashToken(alice.token),
   };

@@ -13,6 +13,7 @@ import {
   tooManySubscriptions,
 } from "../errors.ts";
 import { Inbox } from "../inbox.ts";
+import { MAX_PAGE_CONTENT_BYTES } from "../limits.ts";
 import { content, id, limit, seq, text } from "../schemas.ts";
 import { authedProcedure, memberProcedure, memberWriteProcedure, router } from "../trpc.ts";
 
@@ -23,6 +24,20 @@ export const MAX_REPLAY = 1000;
 const MAX_QUEUED = 10_000;
 
 const REPLAY_BATCH = 200;
+
+/** The leading messages of `messages` whose content fits MAX_PAGE_CONTENT_BYTES (at least one). */
+function withinBudget(messages: Message[]): Message[] {
+  let bytes = 0;
+  const kept: Message[] = [];
+  for (const message of messages) {
+    bytes += encoder.encode(message.content).byteLength;
+    if (kept.length > 0 && bytes > MAX_PAGE_CONTENT_BYTES) break;
+    kept.push(message);
+  }
+  return kept;
+}
+
+const encoder = new TextEncoder();
 
 /** Procedures on messages. */
 export const messagesRouter = router({
@@ -63,10 +78,19 @@ export const messagesRouter = router({
         ),
     )
     .query(async ({ ctx, input }) => {
-      const items = await listMessages(ctx.sql, input.roomId, input);
+      const fetched = await listMessages(ctx.sql, input.roomId, input);
+      // A page holds at most MAX_PAGE_CONTENT_BYTES of content: cut at the far end from where
+      // it was asked (the oldest for a page back, the newest for a page forward).
+      const forward = input.afterSeq !== undefined;
+      const items = withinBudget(forward ? fetched : fetched.toReversed());
+      if (!forward) items.reverse();
+      const cut = items.length < fetched.length;
       // seq is gap-free from 1, so older messages exist exactly when the page starts above 1.
       const nextBeforeSeq = items.length > 0 && items[0].seq > 1 ? items[0].seq : null;
-      return { items, nextBeforeSeq };
+      const nextAfterSeq = forward && items.length > 0 && (cut || items.length === input.limit)
+        ? items[items.length - 1].seq
+        : null;
+      return { items, nextBeforeSeq, nextAfterSeq };
     }),
 
   onMessage: authedProcedure
