@@ -1,8 +1,10 @@
 /**
  * Queries on users and their API tokens (stored as SHA-256 hashes only). Usernames are unique by
- * `username_key` (see server/username_key.ts), which every write of a username sets here.
+ * three keys (see server/username_key.ts): `username_key`, `username_skeleton_key` and
+ * `username_skeleton_i_key`, each under a unique index named `users_username_…`, which every
+ * write of a username sets here.
  */
-import { usernameKey } from "../server/username_key.ts";
+import { type UsernameKeys, usernameKeys } from "../server/username_key.ts";
 import type { Sql } from "./mod.ts";
 
 /** A user as the API returns it. */
@@ -14,17 +16,22 @@ export interface User {
 }
 
 /**
- * Creates a user and its first token (given as a hash) in one transaction. A name whose key
- * another user holds fails with a unique violation on `users_username_key_idx`.
+ * Creates a user and its first token (given as a hash) in one transaction. A name one of whose
+ * keys another user holds fails with a unique violation on that key's `users_username_…` index.
  */
 export async function createUser(
   sql: Sql,
   input: { username: string; avatarUrl: string | null; tokenHash: string },
 ): Promise<User> {
+  const keys = usernameKeys(input.username);
   return await sql.begin(async (sql) => {
     const [user] = await sql<[User]>`
-      insert into users (username, username_key, avatar_url)
-      values (${input.username}, ${usernameKey(input.username)}, ${input.avatarUrl})
+      insert into users (
+        username, username_key, username_skeleton_key, username_skeleton_i_key, avatar_url
+      )
+      values (
+        ${input.username}, ${keys.key}, ${keys.skeleton}, ${keys.skeletonI}, ${input.avatarUrl}
+      )
       returning id, username, avatar_url, created_at
     `;
     await sql`insert into tokens (hash, user_id) values (${input.tokenHash}, ${user.id})`;
@@ -47,8 +54,9 @@ export async function findUserByTokenHash(
 
 /**
  * Changes a user's name and/or avatar; fields left undefined stay as they are. A new name gets
- * its key: the user's own name in another case or form keeps their key and passes, a name whose
- * key another user holds fails with a unique violation on `users_username_key_idx`.
+ * its keys: the user's own name in another case, form or look keeps or swaps their own keys and
+ * passes, a name one of whose keys another user holds fails with a unique violation on that
+ * key's `users_username_…` index.
  */
 export async function updateUser(
   sql: Sql,
@@ -56,10 +64,15 @@ export async function updateUser(
   patch: { username?: string; avatarUrl?: string | null },
 ): Promise<User | undefined> {
   const { username } = patch;
+  const keys = username === undefined ? undefined : usernameKeys(username);
   const [user] = await sql<[User?]>`
     update users set
       username = ${username === undefined ? sql`username` : username},
-      username_key = ${username === undefined ? sql`username_key` : usernameKey(username)},
+      username_key = ${keys === undefined ? sql`username_key` : keys.key},
+      username_skeleton_key = ${keys === undefined ? sql`username_skeleton_key` : keys.skeleton},
+      username_skeleton_i_key = ${
+    keys === undefined ? sql`username_skeleton_i_key` : keys.skeletonI
+  },
       avatar_url = ${patch.avatarUrl === undefined ? sql`avatar_url` : patch.avatarUrl}
     where id = ${id}
     returning id, username, avatar_url, created_at
@@ -69,57 +82,84 @@ export async function updateUser(
 
 /** What `fillUsernameKeys` did. */
 export interface FilledUsernameKeys {
-  /** How many users got their key. */
+  /** How many users got all three keys. */
   filled: number;
   /**
-   * Users left without a key because an older user's name has the same key (possible only for
-   * names given before migration 00002). Their name stays; it already counts as taken.
+   * Users left without one or more keys because an older user's name has the same key (possible
+   * only for names given before migration 00003, or by an older release during a rolling
+   * deploy). They keep their name and the keys nobody else holds; the name already counts as
+   * taken through the older user's keys.
    */
   collisions: string[];
 }
 
+/** The keys of `usernameKeys`, in the order of their columns below. */
+const KEY_FIELDS = ["key", "skeleton", "skeletonI"] as const;
+
 /**
- * Gives each user whose `username_key` is null its key: rows from before migration 00002, or
- * written by an instance of an older release during a rolling deploy. Keys are computed in
- * TypeScript, so this runs after the migrations, at startup. Oldest user first; a user whose key
- * is already held stays without one and is listed. Idempotent and cheap when nothing is missing;
+ * Gives every key anew to each user lacking one of the three: rows from before migration 00003
+ * (which cleared `username_key`), or written by an instance of an older release during a
+ * rolling deploy, whose `username_key` may follow the older rule. Keys are computed in
+ * TypeScript, so this runs after the migrations, at startup. Oldest user first; a key that is
+ * already held stays null and the user is listed. Idempotent and cheap when nothing is missing;
  * it locks `users` against writes (and against a second instance doing the same) while it runs.
  */
 export async function fillUsernameKeys(sql: Sql): Promise<FilledUsernameKeys> {
+  const lacking = sql`
+    username_key is null or username_skeleton_key is null or username_skeleton_i_key is null
+  `;
   const [{ missing }] = await sql<[{ missing: boolean }]>`
-    select exists (select 1 from users where username_key is null) as missing
+    select exists (select 1 from users where ${lacking}) as missing
   `;
   if (!missing) return { filled: 0, collisions: [] };
   return await sql.begin(async (sql) => {
     await sql`lock table users in share row exclusive mode`;
     const rows = await sql<{ id: string; username: string }[]>`
-      select id, username from users where username_key is null order by created_at, id
+      select id, username from users where ${lacking} order by created_at, id
     `;
-    const keys = rows.map((row) => usernameKey(row.username));
+    await sql`
+      update users
+      set username_key = null, username_skeleton_key = null, username_skeleton_i_key = null
+      where ${lacking}
+    `;
+    const keys = rows.map((row) => usernameKeys(row.username));
     // Lists travel as JSON: the pool does not fetch array types (db/mod.ts), so sql.array is out.
-    const held = await sql<{ usernameKey: string }[]>`
-      select username_key from users
-      where username_key in (select jsonb_array_elements_text(${sql.json(keys)}))
+    const list = (field: keyof UsernameKeys) =>
+      sql`select jsonb_array_elements_text(${sql.json(keys.map((k) => k[field]))})`;
+    const held = await sql<{ field: keyof UsernameKeys; value: string }[]>`
+      select 'key' as field, username_key as value from users
+      where username_key in (${list("key")})
+      union all
+      select 'skeleton', username_skeleton_key from users
+      where username_skeleton_key in (${list("skeleton")})
+      union all
+      select 'skeletonI', username_skeleton_i_key from users
+      where username_skeleton_i_key in (${list("skeletonI")})
     `;
-    const taken = new Set(held.map((row) => row.usernameKey));
-    const filled: [string, string][] = [];
+    const taken = new Set(held.map((row) => `${row.field}:${row.value}`));
+    const given: (string | null)[][] = [];
     const collisions: string[] = [];
+    let filled = 0;
     rows.forEach((row, i) => {
-      if (taken.has(keys[i])) {
-        collisions.push(row.id);
-        return;
-      }
-      taken.add(keys[i]);
-      filled.push([row.id, keys[i]]);
+      const values = KEY_FIELDS.map((field) => {
+        const entry = `${field}:${keys[i][field]}`;
+        if (taken.has(entry)) return null;
+        taken.add(entry);
+        return keys[i][field];
+      });
+      if (values.includes(null)) collisions.push(row.id);
+      else filled++;
+      given.push([row.id, ...values]);
     });
-    if (filled.length > 0) {
-      await sql`
-        update users set username_key = v.pair ->> 1
-        from jsonb_array_elements(${sql.json(filled)}) as v(pair)
-        where users.id = (v.pair ->> 0)::uuid
-      `;
-    }
-    return { filled: filled.length, collisions };
+    await sql`
+      update users set
+        username_key = v.entry ->> 1,
+        username_skeleton_key = v.entry ->> 2,
+        username_skeleton_i_key = v.entry ->> 3
+      from jsonb_array_elements(${sql.json(given)}) as v(entry)
+      where users.id = (v.entry ->> 0)::uuid
+    `;
+    return { filled, collisions };
   });
 }
 

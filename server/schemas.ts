@@ -16,6 +16,12 @@ const CONTENT_CONTROL = /[^\P{Cc}\t\n]/u;
 
 const USERNAME_SHAPE = /^[\p{L}\p{M}\p{N}_.-]+( [\p{L}\p{M}\p{N}_.-]+)*$/u;
 
+/** A username's first character: a letter or a digit, never a mark, `_ . -` or a space. */
+const USERNAME_START = /^[\p{L}\p{N}]/u;
+
+/** A combining mark that is not on a letter, a digit or another such mark. */
+const LOOSE_MARK = /[^\p{L}\p{M}\p{N}]\p{M}/u;
+
 function length(value: string): number {
   return [...value].length;
 }
@@ -31,13 +37,19 @@ export const text = z.string().refine((s) => s.isWellFormed(), {
   abort: true,
 });
 
-/** A UUID, as every id in the API is (hex digits and dashes only, so always well-formed). */
-export const id = z.uuid({ error: "Must be a UUID" });
+/**
+ * A UUID, as every id in the API is (hex digits and dashes only, so always well-formed),
+ * lower-cased: ids are compared as strings (the hub, the room gate, leave announcements), so one
+ * room must have one spelling; Postgres compares uuids case-insensitively either way.
+ */
+export const id = z.uuid({ error: "Must be a UUID" }).transform((s) => s.toLowerCase());
 
 /**
  * A username: trimmed, otherwise stored as sent (no normalisation), 1..32 letters, marks,
- * digits, `_ . -` and single inner spaces, nothing invisible. Uniqueness is by the key of
- * server/username_key.ts, which db/users.ts stores beside it.
+ * digits, `_ . -` and single inner spaces, nothing invisible. It starts with a letter or a digit
+ * and has combining marks only on a letter or a digit, so that no name is only marks or
+ * punctuation ("\u0301", "\u20DD", ".", "-") or renders a mark on nothing. Uniqueness is by the
+ * keys of server/username_key.ts, which db/users.ts stores beside it.
  */
 export const username = text
   .transform((s) => s.trim())
@@ -52,6 +64,14 @@ export const username = text
   .refine(
     (s) => USERNAME_SHAPE.test(s),
     "Username may hold only letters, digits, _ . - and single spaces between them",
+  )
+  .refine(
+    (s) => s === "" || USERNAME_START.test(s),
+    "Username must start with a letter or a digit (not a combining mark, _ . or -)",
+  )
+  .refine(
+    (s) => !LOOSE_MARK.test(s),
+    "Username may have combining marks (accents) only on a letter or a digit",
   );
 
 /**

@@ -3,6 +3,19 @@ import { BULK_LIMITS, callError, signUp, startTestEnv } from "./_helpers.ts";
 
 const LONG_URL = `https://cdn.example.com/${"a".repeat(2030)}`;
 
+/** Usernames that render as (almost) nothing: marks or punctuation alone. */
+const NOTHING_TO_SEE: [string, string][] = [
+  ["\u0301", "only a combining acute accent"],
+  ["\u0301\u0301\u0301", "only combining marks"],
+  ["\u20DD", "only a combining enclosing circle"],
+  ["  \u0301  ", "a combining mark between spaces (trimmed)"],
+  [".", "only a dot"],
+  ["-", "only a hyphen"],
+  ["_", "only an underscore"],
+  ["...", "only dots"],
+  [". -", "only punctuation and a space"],
+];
+
 /** Values each rule refuses, with a label that says why. */
 const BAD_USERNAMES: [string, string][] = [
   ["", "empty"],
@@ -21,6 +34,11 @@ const BAD_USERNAMES: [string, string][] = [
   ["joiner\u034Fname", "combining grapheme joiner"],
   ["select\uFE0Fed", "variation selector"],
   ["mongolian\u180Bfvs", "Mongolian free variation selector"],
+  ...NOTHING_TO_SEE,
+  ["_alice", "starts with _"],
+  ["a \u0301b", "a combining mark after a space"],
+  ["a.\u0301", "a combining mark on a dot"],
+  ["a-\u20DD", "an enclosing mark on a hyphen"],
 ];
 
 const GOOD_USERNAMES: [string, string][] = [
@@ -30,6 +48,9 @@ const GOOD_USERNAMES: [string, string][] = [
   ["名前", "名前"],
   ["a.b_c-d 9", "a.b_c-d 9"],
   ["x".repeat(32), "x".repeat(32)],
+  ["9lives", "9lives"],
+  ["Zoe\u0308\u0301 x_ -y.", "Zoe\u0308\u0301 x_ -y."],
+  ["\u0915\u094D\u0937", "\u0915\u094D\u0937"],
 ];
 
 const BAD_URLS: [string, string][] = [
@@ -95,6 +116,20 @@ Deno.test("input rules", async (t) => {
       await refused(alice.api.users.update.mutate({ username }), `update: ${label}`);
     }
   });
+
+  await t.step(
+    "a name of marks or punctuation alone says it must start with a letter",
+    async () => {
+      for (const [username, label] of NOTHING_TO_SEE) {
+        const error = await callError(alice.api.users.create.mutate({ username }));
+        assert.equal(error.data?.code, "BAD_REQUEST", label);
+        assert.match(error.message, /Username must start with a letter or a digit/, label);
+      }
+      const error = await callError(alice.api.users.create.mutate({ username: "a.\u0301" }));
+      assert.match(error.message, /combining marks \(accents\) only on a letter or a digit/);
+      assert.doesNotMatch(error.message, /must start with/);
+    },
+  );
 
   await t.step("usernames are trimmed, else kept as sent; letters of any script pass", async () => {
     for (const [input, stored] of GOOD_USERNAMES) {
