@@ -212,7 +212,13 @@ const q60 = ok(await times(60, () => parley.trpc.messages.list.query({ roomId: r
 const emoji = "\u{1F600}".repeat(4000);
 const sent5 = ok(await times(5, () => parley.trpc.messages.send.mutate({ roomId: room.id, content: emoji })));
 const sent20 = ok(await times(20, () => parley.trpc.messages.send.mutate({ roomId: room.id, content: emoji })));
-const stored = (await parley.trpc.messages.list.query({ roomId: room.id, limit: 100 })).items.length;
+// A page holds at most 256 KiB of content (16 of these messages): page back to the first.
+let stored = 0;
+for (let before; before !== null;) {
+  const page = await parley.trpc.messages.list.query({ roomId: room.id, limit: 100, beforeSeq: before });
+  stored += page.items.length;
+  before = page.nextBeforeSeq;
+}
 
 const states = new Map();
 const handles = rooms.map((r) => watchRoom(parley, r.id, {

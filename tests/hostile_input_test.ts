@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { createLogger } from "../server/log.ts";
 import { MAX_HEADER_BYTES, MAX_URL_BYTES } from "../server/limits.ts";
-import { clientFrame, rawUpgrade, signUp, startTestEnv, waitFor } from "./_helpers.ts";
+import { clientFrame, rawUpgrade, signUp, startTestEnv, waitFor, wsClient } from "./_helpers.ts";
 
 /** Sends a raw HTTP/1.1 request and returns the status code and the headers of the answer. */
 async function rawRequest(url: string, lines: string[]): Promise<{
@@ -384,4 +384,36 @@ Deno.test("calls in flight on one socket are bounded; the rest are told to retry
   const closed = new Promise((resolve) => socket.onclose = resolve);
   socket.close();
   await closed;
+});
+
+Deno.test("a room id in upper case is the same room: live messages arrive, a leave ends access", async () => {
+  await using env = await startTestEnv();
+  const alice = await signUp(env);
+  const bob = await signUp(env);
+  const room = await alice.api.rooms.create.mutate({ name: "Case" });
+  const upper = room.id.toUpperCase();
+  await bob.api.rooms.join.mutate({ roomId: upper });
+  const ws = wsClient(env, { token: bob.token });
+  const seen: string[] = [];
+  const errors: string[] = [];
+  let started = false;
+  const sub = ws.trpc.messages.onMessage.subscribe({ roomId: upper }, {
+    onStarted: () => void (started = true),
+    onData: (event) => void seen.push(event.data.content),
+    onError: (error) => void errors.push(error.data?.code ?? "?"),
+  });
+  try {
+    await waitFor(() => started, "subscribed with an upper-case id");
+    await alice.api.messages.send.mutate({ roomId: room.id, content: "hello" });
+    await waitFor(() => seen.length === 1, "the live message");
+    assert.equal((await bob.api.rooms.leave.mutate({ roomId: upper })).left, true);
+    await waitFor(() => errors.length === 1, "the subscription ended");
+    assert.deepEqual(errors, ["FORBIDDEN"]);
+    await alice.api.messages.send.mutate({ roomId: room.id, content: "after bob left" });
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.deepEqual(seen, ["hello"]);
+  } finally {
+    sub.unsubscribe();
+    await ws.close();
+  }
 });
