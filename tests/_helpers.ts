@@ -57,15 +57,27 @@ export interface TestDatabase extends AsyncDisposable {
   name: string;
 }
 
-/** Creates an empty database: next to `TEST_DATABASE_URL`, or an in-memory PGlite. */
-export async function createTestDatabase(): Promise<TestDatabase> {
+/**
+ * Creates an empty database: next to `TEST_DATABASE_URL`, or an in-memory PGlite. With
+ * `collationC`, a real server's database is created with `LC_COLLATE` and `LC_CTYPE` C (to show
+ * that a rule does not depend on the database's locale).
+ */
+export async function createTestDatabase(
+  options: { collationC?: boolean } = {},
+): Promise<TestDatabase> {
   if (TEST_DATABASE_URL === null) {
     const embedded = await startEmbedded(null);
     return { url: embedded.url, name: "postgres", [Symbol.asyncDispose]: () => embedded.close() };
   }
   const admin = postgres(TEST_DATABASE_URL, { max: 1, onnotice: () => {} });
   const name = `parley_test_${crypto.randomUUID().replaceAll("-", "")}`;
-  await admin`create database ${admin(name)}`;
+  if (options.collationC) {
+    await admin`
+      create database ${admin(name)} template template0 encoding 'UTF8' lc_collate 'C' lc_ctype 'C'
+    `;
+  } else {
+    await admin`create database ${admin(name)}`;
+  }
   const url = new URL(TEST_DATABASE_URL);
   url.pathname = `/${name}`;
   return {

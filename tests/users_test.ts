@@ -17,8 +17,6 @@ import {
   POOL_MAX,
   signUp,
   startTestEnv,
-  TEST_DATABASE_URL,
-  type TestDatabase,
 } from "./_helpers.ts";
 
 /** Pairs of names that are one name: the second is refused once the first is taken. */
@@ -88,29 +86,6 @@ const DIFFERENT_NAMES: [string, string][] = [
   ["oleg", "Олег"],
   ["tom", "tomas"],
 ];
-
-/**
- * A database whose LC_COLLATE and LC_CTYPE are C, where lower() folds ASCII letters only:
- * next to `TEST_DATABASE_URL`; on embedded PGlite (collation C, ctype C.UTF-8) a fresh one.
- */
-async function createCDatabase(): Promise<TestDatabase> {
-  if (TEST_DATABASE_URL === null) return await createTestDatabase();
-  const admin = postgres(TEST_DATABASE_URL, { max: 1, onnotice: () => {} });
-  const name = `parley_test_c_${crypto.randomUUID().replaceAll("-", "")}`;
-  await admin`
-    create database ${admin(name)} template template0 encoding 'UTF8' lc_collate 'C' lc_ctype 'C'
-  `;
-  const url = new URL(TEST_DATABASE_URL);
-  url.pathname = `/${name}`;
-  return {
-    url: url.href,
-    name,
-    async [Symbol.asyncDispose]() {
-      await admin`drop database if exists ${admin(name)} with (force)`;
-      await admin.end();
-    },
-  };
-}
 
 Deno.test("users", async (t) => {
   await using env = await startTestEnv();
@@ -282,7 +257,7 @@ Deno.test("usernameKeys reads as i exactly the capitals whose prototype is l", (
 });
 
 Deno.test("usernames are unique by their keys, also where the database's LC_CTYPE is C", async (t) => {
-  await using db = await createCDatabase();
+  await using db = await createTestDatabase({ collationC: true });
   await using env = await startTestEnv({ db, limits: BULK_LIMITS });
 
   await t.step("on real Postgres the database is C: lower() leaves É and Σ alone", async () => {
@@ -354,7 +329,7 @@ Deno.test("usernames are unique by their keys, also where the database's LC_CTYP
 });
 
 Deno.test("users.create judges look-alikes on the name as written (LC_CTYPE C)", async (t) => {
-  await using db = await createCDatabase();
+  await using db = await createTestDatabase({ collationC: true });
   await using env = await startTestEnv({ db, limits: BULK_LIMITS });
   /** Creates `first`, then `then`: the second call's error code, or "OK"; then removes both. */
   async function second(first: string, then: string): Promise<string> {
@@ -464,7 +439,7 @@ async function insertUser(
 }
 
 Deno.test("users from before migration 00002 get their keys from fillUsernameKeys", async (t) => {
-  await using db = await createCDatabase();
+  await using db = await createTestDatabase({ collationC: true });
   const sql = connect(db.url, { max: POOL_MAX });
   try {
     await migrateUpTo(sql, 1);
@@ -566,7 +541,7 @@ Deno.test("users from before migration 00002 get their keys from fillUsernameKey
 });
 
 Deno.test("users keyed under migration 00002 get all three keys anew after 00003", async (t) => {
-  await using db = await createCDatabase();
+  await using db = await createTestDatabase({ collationC: true });
   const sql = connect(db.url, { max: POOL_MAX });
   try {
     await migrateUpTo(sql, 2);
