@@ -64,8 +64,12 @@ async function main(): Promise<void> {
   const migrator = embedded || directUrl === null
     ? sql
     : connect(directUrl, { max: 1, statementTimeoutMs: null, lockTimeoutMs: null });
+  // The database may be found unreachable before serve() has even returned the port.
+  let waitingForDatabase = false;
+  let announceWaiting = () => void (waitingForDatabase = true);
   const server = await serve({
     ...config,
+    onWaiting: () => announceWaiting(),
     sql,
     log,
     crossInstance: embedded === null,
@@ -128,16 +132,25 @@ async function main(): Promise<void> {
   }
   Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));
   Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
-  log.info(
-    `Accepting connections on port ${server.port}; the API opens once the database is ready`,
-  );
+  // The listening line comes once the API serves calls; when the database is unreachable at
+  // first (or slow: over a second), it comes at once, saying the server answers 503 meanwhile.
+  const listening = `parley listening on http://${config.hostname}:${server.port} (origins: ${
+    config.origins.rules.map((rule) => rule.source).join(", ") || "none"
+  })`;
+  let announced = false;
+  announceWaiting = () => {
+    if (announced) return;
+    announced = true;
+    log.info(`${listening}; waiting for the database: /health and calls answer 503 until then`);
+  };
+  if (waitingForDatabase) announceWaiting();
+  // A database that accepts connections and never answers fails only at the connect timeout.
+  const slow = setTimeout(announceWaiting, 1000);
   // A failed start is reported above (one line, exit 1): only a success goes on here.
-  if (!(await server.ready.then(() => true, () => false))) return;
-  log.info(
-    `parley listening on http://${config.hostname}:${server.port} (origins: ${
-      config.origins.rules.map((rule) => rule.source).join(", ") || "none"
-    })`,
-  );
+  const started = await server.ready.then(() => true, () => false);
+  clearTimeout(slow);
+  if (!started) return;
+  log.info(announced ? "Database reachable: the API is open" : listening);
 }
 
 /** A database URL's host and database, for logs (never its user or password). */

@@ -41,6 +41,11 @@ export interface ServeOptions {
    * is retried with backoff; any other failure rejects `ready`.
    */
   prepare?: () => Promise<unknown>;
+  /**
+   * Called once, the first time preparation or LISTEN meets a database outage: the server is
+   * listening and answers 503 until `ready` resolves (main.ts says so in its log).
+   */
+  onWaiting?: () => void;
 }
 
 /** Backoff between attempts to reach the database at startup: doubling from 250 ms to 10 s. */
@@ -115,16 +120,20 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
   });
   const port = await listening;
   const stopping = new AbortController();
+  let waiting = false;
+  const retry = {
+    log: options.log,
+    stopping,
+    onOutage() {
+      if (!waiting) options.onWaiting?.();
+      waiting = true;
+    },
+  };
   const ready = (async () => {
     if (options.prepare) {
-      await retryWhileUnavailable(options.prepare, "preparing the database", options.log, stopping);
+      await retryWhileUnavailable(options.prepare, "preparing the database", retry);
     }
-    await retryWhileUnavailable(
-      () => hub.start(),
-      "listening for other instances",
-      options.log,
-      stopping,
-    );
+    await retryWhileUnavailable(() => hub.start(), "listening for other instances", retry);
     app.ready();
   })();
   ready.catch(() => {}); // the caller decides; an unobserved failure must not end the process
@@ -165,15 +174,15 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
 
 /**
  * Runs `attempt` until it succeeds, waiting with doubling backoff after each database or
- * network outage (logged in one line each); rethrows any other failure, and stops when
- * `stopping` aborts.
+ * network outage (logged in one line each, and told to `onOutage`); rethrows any other failure,
+ * and stops when `stopping` aborts.
  */
 async function retryWhileUnavailable(
   attempt: () => Promise<unknown>,
   what: string,
-  log: Logger,
-  stopping: AbortController,
+  options: { log: Logger; stopping: AbortController; onOutage: () => void },
 ): Promise<void> {
+  const { log, stopping } = options;
   for (let delay = STARTUP_RETRY_MS.first;; delay = Math.min(delay * 2, STARTUP_RETRY_MS.max)) {
     try {
       await attempt();
@@ -182,6 +191,7 @@ async function retryWhileUnavailable(
       if (!isTransientDatabaseError(error) || stopping.signal.aborted) throw error;
       const reason = (error as { code?: string }).code ?? (error as Error).message;
       log.warn(`Database unreachable while ${what} (${reason}): retrying in ${delay} ms`);
+      options.onOutage();
     }
     await new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, delay);
