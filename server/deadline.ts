@@ -10,9 +10,18 @@ import { databaseUnavailable } from "./errors.ts";
 export const CALL_DEADLINE_MS = 10_000;
 
 /**
- * Runs `work` with a signal that aborts after `ms`; resolves or rejects as it does, or rejects
- * with `databaseUnavailable()` at the deadline. Work that already reached Postgres may still
- * complete after that (a send then commits once: retries carry the same clientMessageId).
+ * How long work may still take after its deadline's signal aborted, in milliseconds: a send
+ * cancelled in Postgres answers with its real outcome (cancelled, or committed just before).
+ */
+export const DEADLINE_GRACE_MS = 1_000;
+
+/**
+ * Runs `work` with a signal that aborts after `ms`; resolves or rejects as it does. Work that
+ * has not settled `DEADLINE_GRACE_MS` after the abort is abandoned and the call rejects with
+ * `databaseUnavailable()`. Work that honours the signal (a send cancels its statement) settles
+ * within the grace with its real outcome, so the caller is not told "failed" about a send that
+ * then commits; work that cannot be reached (a black-holed connection) may still complete after
+ * that, which retries with the same clientMessageId absorb.
  */
 export async function withDeadline<T>(
   ms: number,
@@ -23,7 +32,7 @@ export async function withDeadline<T>(
   const expired = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
       controller.abort();
-      reject(databaseUnavailable());
+      timer = setTimeout(() => reject(databaseUnavailable()), DEADLINE_GRACE_MS);
     }, ms);
   });
   const running = work(controller.signal);

@@ -6,6 +6,16 @@
 /** The repository root. */
 export const ROOT = new URL("..", import.meta.url);
 
+/**
+ * The settings most spawned servers share: a free port on loopback and one allowed origin
+ * (`https://app.example.com`). Spread it and add the database's.
+ */
+export const LOCAL_SERVER_ENV: Readonly<Record<string, string>> = {
+  PORT: "0",
+  HOST: "127.0.0.1",
+  ALLOWED_ORIGINS: "https://app.example.com",
+};
+
 /** How long a started server may take to print its listening line. */
 export const STARTUP_TIMEOUT_MS = 30_000;
 

@@ -20,7 +20,7 @@ import {
   TEST_DATABASE_URL,
   type TestDatabase,
 } from "./_helpers.ts";
-import { spawnServer, terminate } from "./_server_process.ts";
+import { LOCAL_SERVER_ENV, spawnServer, terminate } from "./_server_process.ts";
 import { startTcpProxy } from "./_tcp_proxy.ts";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -52,9 +52,7 @@ Deno.test({ name: BOOT, ignore: needsRealPostgres(BOOT) }, async () => {
   const port = freePort();
   await using server = await spawnServer({
     DATABASE_URL: through(db, port),
-    PORT: "0",
-    HOST: "127.0.0.1",
-    ALLOWED_ORIGINS: "https://app.example.com",
+    ...LOCAL_SERVER_ENV,
   });
   const [, url] = await server.waitForLine(
     "stdout",
@@ -91,9 +89,7 @@ Deno.test({ name: MUTE, ignore: needsRealPostgres(MUTE) }, async () => {
   proxy.swallowNew(true);
   await using server = await spawnServer({
     DATABASE_URL: through(db, proxy.port),
-    PORT: "0",
-    HOST: "127.0.0.1",
-    ALLOWED_ORIGINS: "https://app.example.com",
+    ...LOCAL_SERVER_ENV,
   });
   const [, url] = await server.waitForLine(
     "stdout",
@@ -117,9 +113,7 @@ Deno.test({ name: KILLED, ignore: needsRealPostgres(KILLED) }, async () => {
   await using db = await createTestDatabase();
   await using server = await spawnServer({
     DATABASE_URL: db.url,
-    PORT: "0",
-    HOST: "127.0.0.1",
-    ALLOWED_ORIGINS: "https://app.example.com",
+    ...LOCAL_SERVER_ENV,
     ...BULK_LIMITS_ENV,
   });
   const [, url] = await server.waitForLine("stdout", /^parley listening on (http:\S+) /);

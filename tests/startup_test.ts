@@ -19,6 +19,7 @@ import {
 } from "./_helpers.ts";
 import {
   baseEnv,
+  LOCAL_SERVER_ENV,
   ROOT,
   SIGTERM_EXIT_MS,
   spawnServer,
@@ -96,9 +97,7 @@ Deno.test(
     await using db = await serverDatabase();
     await using server = await spawnServer({
       ...db.env,
-      PORT: "0",
-      HOST: "127.0.0.1",
-      ALLOWED_ORIGINS: "https://app.example.com",
+      ...LOCAL_SERVER_ENV,
     });
 
     const [, url, origins] = await server.waitForLine(
@@ -131,9 +130,7 @@ Deno.test("with LOG_FORMAT=json every log line is one JSON object with the reque
   await using db = await serverDatabase();
   await using server = await spawnServer({
     ...db.env,
-    PORT: "0",
-    HOST: "127.0.0.1",
-    ALLOWED_ORIGINS: "https://app.example.com",
+    ...LOCAL_SERVER_ENV,
     LOG_FORMAT: "json",
   });
   const [line] = await server.waitForLine("stdout", /^\{.*"msg":"parley listening on .*\}$/);
@@ -264,9 +261,7 @@ Deno.test({ name: DRAIN, ignore: needsRealPostgres(DRAIN) }, async () => {
   await using db = await createTestDatabase();
   await using doomed = await spawnServer({
     DATABASE_URL: db.url,
-    PORT: "0",
-    HOST: "127.0.0.1",
-    ALLOWED_ORIGINS: "https://app.example.com",
+    ...LOCAL_SERVER_ENV,
     ...BULK_LIMITS_ENV,
   });
   const [, doomedUrl] = await doomed.waitForLine(
@@ -340,9 +335,7 @@ Deno.test("Ctrl-C (SIGINT) drains like SIGTERM; a second Ctrl-C exits at once", 
   {
     await using server = await spawnServer({
       ...db.env,
-      PORT: "0",
-      HOST: "127.0.0.1",
-      ALLOWED_ORIGINS: "https://app.example.com",
+      ...LOCAL_SERVER_ENV,
     });
     const [, url] = await server.waitForLine("stdout", /^parley listening on (http:\S+) /);
     const { frames } = await stubbornSocket(url);
@@ -354,9 +347,7 @@ Deno.test("Ctrl-C (SIGINT) drains like SIGTERM; a second Ctrl-C exits at once", 
   {
     await using server = await spawnServer({
       ...db.env,
-      PORT: "0",
-      HOST: "127.0.0.1",
-      ALLOWED_ORIGINS: "https://app.example.com",
+      ...LOCAL_SERVER_ENV,
     });
     const [, url] = await server.waitForLine("stdout", /^parley listening on (http:\S+) /);
     await stubbornSocket(url); // holds the drain open for its whole grace period
@@ -405,9 +396,7 @@ Deno.test("a second instance on the same embedded data folder is refused and tou
   const dir = `data/test_lock_${crypto.randomUUID().slice(0, 8)}`;
   const env = {
     PGLITE_DIR: `./${dir}`,
-    PORT: "0",
-    HOST: "127.0.0.1",
-    ALLOWED_ORIGINS: "https://app.example.com",
+    ...LOCAL_SERVER_ENV,
   };
   try {
     let url: string;
