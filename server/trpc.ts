@@ -169,7 +169,7 @@ export function writeProcedure(kind: WriteKind) {
 const roomInput = z.object({ roomId: id });
 
 /** Throws `NOT_FOUND` for an unknown room and `FORBIDDEN` for a non-member (checked in Postgres). */
-export async function requireMember(sql: Sql, roomId: string, userId: string): Promise<void> {
+async function requireMember(sql: Sql, roomId: string, userId: string): Promise<void> {
   const membership = await getMembership(sql, roomId, userId);
   if (!membership.roomExists) throw roomNotFound(roomId);
   if (!membership.isMember) throw notMember();
