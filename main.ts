@@ -4,7 +4,7 @@ import { connect, isTransientDatabaseError, postgres, refusedStartupParameter } 
 import { migrate } from "./db/migrate.ts";
 import { fillUsernameKeys } from "./db/users.ts";
 import { ConfigError, loadConfig } from "./server/config.ts";
-import { NotificationsNotHeardError } from "./server/listening.ts";
+import { NotificationsNotHeardError } from "./server/realtime/listening.ts";
 import { createLogger } from "./server/log.ts";
 import { serve } from "./server/serve.ts";
 

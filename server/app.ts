@@ -5,7 +5,6 @@
  */
 import type { TRPCError } from "@trpc/server";
 import { fetchRequestHandler } from "@trpc/server/adapters/fetch";
-import { getWSConnectionHandler, type WSSHandlerOptions } from "@trpc/server/adapters/ws";
 import superjson from "superjson";
 import { ping } from "../db/mod.ts";
 import { clip } from "./clip.ts";
@@ -15,15 +14,19 @@ import { retryable } from "./errors.ts";
 import { RoomGate } from "./room_gate.ts";
 import { MAX_BATCH_SIZE, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_URL_BYTES } from "./limits.ts";
 import { corsHeaders, type OriginDecision, PREFLIGHT_HEADERS } from "./origin.ts";
-import { type AppRouter, appRouter } from "./router.ts";
-import { checkHandshake, type DenoSocket, isUpgrade, type SocketLimits, upgrade } from "./ws.ts";
+import {
+  type Connection,
+  ConnectionServer,
+  type KeepAlive,
+  type SocketLimits,
+} from "./realtime/connection.ts";
+import { checkHandshake, isUpgrade } from "./realtime/handshake.ts";
+import { appRouter } from "./router.ts";
+import type { Context } from "./context.ts";
 
-/** Idle time before the server pings a WebSocket client, and how long it waits for an answer. */
-export const KEEP_ALIVE = { pingMs: 30_000, pongWaitMs: 5_000 };
-
-/** WebSocket tuning; the defaults suit production, tests shorten them. */
+/** WebSocket tuning; the defaults (`KEEP_ALIVE`, `DEFAULT_LIMITS`) suit production, tests shorten them. */
 export interface SocketOptions {
-  keepAlive?: { pingMs: number; pongWaitMs: number };
+  keepAlive?: KeepAlive;
   limits?: SocketLimits;
 }
 
@@ -37,8 +40,8 @@ export interface AppDeps extends Omit<ContextDeps, "roomGate"> {
 export interface App {
   /** Handles one request for `Deno.serve`; `info` gives the TCP peer's address. */
   handle(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response>;
-  /** Open WebSocket connections. */
-  readonly sockets: ReadonlySet<DenoSocket>;
+  /** Open WebSocket connections, each counted until it is really closed. */
+  readonly sockets: ReadonlySet<Connection<Context>>;
   /** Tells every WebSocket client to reconnect (tRPC's reconnect notification). */
   reconnectAll(): void;
   /** From now on, answers new requests and upgrades with 503 so clients go elsewhere. */
@@ -56,57 +59,49 @@ const CONNECTION_RETRY_SECONDS = 5;
 /** Builds the request handler for `Deno.serve`. */
 export function createApp(appDeps: AppDeps, options: SocketOptions = {}): App {
   const deps = { ...appDeps, roomGate: new RoomGate() };
-  const sockets = new Set<DenoSocket>();
   /** Open (and opening) WebSockets per client address. */
   const perAddress = new Map<string, number>();
   let draining = false;
   let starting = true;
-  const onConnection = getWSConnectionHandler({
+  const connections = new ConnectionServer<Context>({
     router: appRouter,
-    // Only applyWSSHandler reads `wss`; we hand connections over ourselves.
-    wss: undefined as unknown as WSSHandlerOptions<AppRouter>["wss"],
-    keepAlive: { enabled: true, ...(options.keepAlive ?? KEEP_ALIVE) },
+    keepAlive: options.keepAlive,
+    limits: options.limits,
     // A frame is bounded by bytes (MAX_FRAME_BYTES) and the socket's subscriptions by
     // `subscriptionsPerSocket`; a frame may carry that many calls, as wsLink batches them.
     maxBatchSize: Math.max(MAX_BATCH_SIZE, deps.limits.subscriptionsPerSocket),
-    createContext: ({ req, info }) =>
+    // deno-lint-ignore require-await -- a refusal (thrown) must become a rejection
+    createContext: async ({ headers, connectionParams, address }) =>
       createContext(deps, {
-        req: { headers: new Headers(req.headers as Record<string, string>) },
-        info,
+        req: { headers },
+        info: { connectionParams },
         transport: "ws",
-        address: (req as unknown as { address: string }).address,
+        address,
       }),
-    onError: ({ error, path }) =>
-      logFailure(deps, error, `tRPC (WebSocket) ${path ?? "(no path)"}`),
+    onError: (error, path) => logFailure(deps, error, `tRPC (WebSocket) ${path ?? "(no path)"}`),
   });
+  const sockets = connections.connections;
 
   function acceptSocket(req: Request, address: string, origin: string | null): Response {
-    const { socket, response } = upgrade(req, {
+    const opened = performance.now();
+    const { response } = connections.accept(req, {
       address,
-      limits: options.limits,
-      onConnection(socket, nodeReq) {
-        // deno-lint-ignore no-explicit-any -- tRPC types these as Node's ws and http objects
-        onConnection(socket as any, nodeReq as any);
+      // Counted until the connection is really gone, not when its work is released.
+      onClosed(connection) {
+        const left = (perAddress.get(address) ?? 1) - 1;
+        if (left > 0) perAddress.set(address, left);
+        else perAddress.delete(address);
+        deps.log.info("WebSocket closed", {
+          origin,
+          address,
+          seconds: Math.round((performance.now() - opened) / 100) / 10,
+          abrupt: connection.abrupt,
+          open: sockets.size,
+        });
       },
     });
-    const opened = performance.now();
-    sockets.add(socket);
     perAddress.set(address, (perAddress.get(address) ?? 0) + 1);
     deps.log.info("WebSocket opened", { origin, address, open: sockets.size });
-    // Counted until the connection is really gone ("closed"), not when tRPC lets go of it.
-    socket.once("closed", () => {
-      sockets.delete(socket);
-      const left = (perAddress.get(address) ?? 1) - 1;
-      if (left > 0) perAddress.set(address, left);
-      else perAddress.delete(address);
-      deps.log.info("WebSocket closed", {
-        origin,
-        address,
-        seconds: Math.round((performance.now() - opened) / 100) / 10,
-        abrupt: socket.abrupt,
-        open: sockets.size,
-      });
-    });
     return response;
   }
 
@@ -215,8 +210,7 @@ export function createApp(appDeps: AppDeps, options: SocketOptions = {}): App {
       starting = false;
     },
     reconnectAll() {
-      const notice = JSON.stringify({ id: null, method: "reconnect" });
-      for (const socket of sockets) socket.send(notice);
+      connections.reconnectAll();
     },
   };
 }

@@ -4,16 +4,16 @@
  */
 import { TRPCError } from "@trpc/server";
 import type { Sql } from "../db/mod.ts";
-import { findUserByTokenHash } from "../db/users.ts";
+import type { User } from "../db/users.ts";
+import { authenticate } from "./access.ts";
 import { hashToken, parseBearer, parseToken } from "./auth.ts";
 import { clip } from "./clip.ts";
-import type { Hub } from "./hub.ts";
+import type { Hub } from "./realtime/hub.ts";
 import type { AbuseLimits } from "./limits.ts";
 import type { Logger } from "./log.ts";
 import type { OriginPolicy } from "./origin.ts";
 import type { WriteLimiter } from "./rate_limit.ts";
 import type { RoomGate } from "./room_gate.ts";
-import { CALL_DEADLINE_MS, withDeadline } from "./deadline.ts";
 
 /** What context creation needs from the running server. */
 export interface ContextDeps {
@@ -48,7 +48,7 @@ export interface ContextInput {
 }
 
 /** Builds the context of one HTTP request (or one WebSocket connection). */
-export async function createContext(deps: ContextDeps, opts: ContextInput) {
+export function createContext(deps: ContextDeps, opts: ContextInput) {
   const origin = opts.req.headers.get("origin");
   const decision = deps.origins.check(origin);
   if (!decision.allowed) {
@@ -66,11 +66,17 @@ export async function createContext(deps: ContextDeps, opts: ContextInput) {
   const token = opts.transport === "ws"
     ? parseToken(opts.info?.connectionParams?.token)
     : parseBearer(opts.req.headers.get("authorization"));
-  const tokenHash = token ? await hashToken(token) : null;
-  const user = tokenHash
-    ? (await withDeadline(CALL_DEADLINE_MS, () => findUserByTokenHash(deps.sql, tokenHash))) ??
-      null
-    : null;
+  const tokenHash = token ? hashToken(token) : null;
+  // Read lazily, by the procedures that need the user: a send or a subscription checks the
+  // token in its own statement, and an HTTP request reads it at most once for its batch.
+  let lookup: Promise<User> | null = null;
+  const caller: Caller = {
+    user() {
+      if (opts.transport === "ws") return authenticate(deps.sql, tokenHash);
+      lookup ??= authenticate(deps.sql, tokenHash);
+      return lookup;
+    },
+  };
   return {
     sql: deps.sql,
     log: deps.log,
@@ -85,9 +91,19 @@ export async function createContext(deps: ContextDeps, opts: ContextInput) {
       subscriptions: 0,
       callsInFlight: 0,
     } satisfies ConnectionState as ConnectionState,
-    user,
+    caller,
     tokenHash,
   };
+}
+
+/** The caller behind a token, read when a procedure asks. */
+export interface Caller {
+  /**
+   * The user holding the context's token, read from Postgres (once per HTTP request; on every
+   * call over WebSocket, where the context lives as long as the connection).
+   * @throws `UNAUTHORIZED` when there is no token, or it is unknown or revoked.
+   */
+  user(): Promise<User>;
 }
 
 /** The context every procedure sees. */

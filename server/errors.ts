@@ -51,6 +51,23 @@ export function tokenRevoked(): TRPCError {
   return new TRPCError({ code: "UNAUTHORIZED", message: "Token was revoked: sign in again" });
 }
 
+/**
+ * Why a subscription ended when its holder lost access: `UNAUTHORIZED` (`tokenRevoked`) after a
+ * logout, `FORBIDDEN` after leaving the room or when revalidation found access gone.
+ */
+export function accessEnded(reason: "left" | "logged_out" | "revoked"): TRPCError {
+  if (reason === "logged_out") return tokenRevoked();
+  return new TRPCError({
+    code: "FORBIDDEN",
+    message: reason === "left" ? "You left this room" : "Access to this room ended",
+  });
+}
+
+/** `CLIENT_CLOSED_REQUEST`: the client stopped a subscription before it started. */
+export function subscriptionCancelled(): TRPCError {
+  return new TRPCError({ code: "CLIENT_CLOSED_REQUEST", message: "Subscription cancelled" });
+}
+
 /** `PRECONDITION_FAILED`: the subscriber must reload with `messages.list` and subscribe again. */
 export function resyncRequired(reason: string): TRPCError {
   return new TRPCError({

@@ -7,7 +7,11 @@
  */
 import { isTransientDatabaseError, type Sql } from "../db/mod.ts";
 import { createApp, type SocketOptions } from "./app.ts";
-import { Hub, type HubTimings } from "./hub.ts";
+import { findRevokedHolders } from "./access.ts";
+import { type Broadcast, LocalBroadcast, PostgresBroadcast } from "./realtime/broadcast.ts";
+import { dataFrameSuffix } from "./realtime/direct_stream.ts";
+import { Hub, type HubTimings } from "./realtime/hub.ts";
+import { appRouter } from "./router.ts";
 import { type AbuseLimits, DEFAULT_ABUSE_LIMITS } from "./limits.ts";
 import type { Logger } from "./log.ts";
 import type { OriginPolicy } from "./origin.ts";
@@ -78,11 +82,7 @@ export interface RunningServer {
 
 /** Serves the API until `shutdown` is called. */
 export async function serve(options: ServeOptions): Promise<RunningServer> {
-  const hub = new Hub(options.sql, options.log, {
-    crossInstance: options.crossInstance,
-    listenUrl: options.listenUrl,
-    timings: options.hubTimings,
-  });
+  const hub = createHub(options);
   const limits = options.limits ?? DEFAULT_ABUSE_LIMITS;
   const app = createApp({
     ...options,
@@ -202,4 +202,34 @@ async function retryWhileUnavailable(
     });
     if (stopping.signal.aborted) throw new Error("Stopped before the database was reached");
   }
+}
+
+/**
+ * The hub with the broadcast chosen for this deployment: Postgres `LISTEN/NOTIFY` between
+ * instances, or none on the embedded database (`crossInstance: false`).
+ * @throws TypeError when `crossInstance` is on and no `listenUrl` is given.
+ */
+export function createHub(
+  options: Pick<ServeOptions, "sql" | "log" | "crossInstance" | "listenUrl" | "hubTimings">,
+): Hub {
+  const crossInstance = options.crossInstance ?? true;
+  if (crossInstance && options.listenUrl === undefined) {
+    throw new TypeError("Cannot listen for other instances: no listenUrl was given");
+  }
+  const broadcast: Broadcast = crossInstance
+    ? new PostgresBroadcast({
+      sql: options.sql,
+      log: options.log,
+      listenUrl: options.listenUrl!,
+      timings: options.hubTimings,
+    })
+    : new LocalBroadcast();
+  // Frames are built with the router's own output transformer (superjson).
+  const { serialize } = appRouter._def._config.transformer.output;
+  return new Hub(options.sql, options.log, {
+    broadcast,
+    encode: (message) => dataFrameSuffix(serialize, String(message.seq), message),
+    findRevoked: (holders) => findRevokedHolders(options.sql, holders),
+    reconcileMs: options.hubTimings?.reconcileMs,
+  });
 }

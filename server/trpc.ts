@@ -2,15 +2,12 @@
 import { initTRPC, TRPCError } from "@trpc/server";
 import superjson from "superjson";
 import { z, ZodError } from "zod";
-import { postgres, type Sql } from "../db/mod.ts";
-import { getMembership } from "../db/rooms.ts";
-import { findUserByTokenHash } from "../db/users.ts";
+import { postgres } from "../db/mod.ts";
+import { requireMember, userIdOf } from "./access.ts";
 import type { Context } from "./context.ts";
 import { clip } from "./clip.ts";
 import {
-  notMember,
   retryable,
-  roomNotFound,
   subscriptionNeedsWebSocket,
   tooManyCallsInFlight,
   unauthenticated,
@@ -125,16 +122,24 @@ export const publicProcedure = t.procedure.use(
   return withDeadline(CALL_DEADLINE_MS, (deadline) => next({ ctx: { deadline } }));
 });
 
+/**
+ * A caller with a token of the right shape, not yet checked: for procedures whose own query
+ * checks it in the same round trip (`messages.send`, `messages.onMessage`; see `access.ts`).
+ * `ctx.tokenHash` is the token's SHA-256.
+ * @throws `UNAUTHORIZED` when no token came with the call.
+ */
+export const sessionProcedure = publicProcedure.use(function hasToken({ ctx, next }) {
+  if (!ctx.tokenHash) throw unauthenticated();
+  return next({ ctx: { tokenHash: ctx.tokenHash } });
+});
+
 /** A caller with a valid token; `ctx.user` is the acting user, `ctx.tokenHash` their token. */
 export const authedProcedure = publicProcedure.use(
   async function isAuthed({ ctx, next }) {
-    // A WebSocket context lives as long as the connection: check its token on every call,
-    // so a logout takes effect on open connections too.
-    const user = ctx.transport === "ws" && ctx.tokenHash
-      ? await findUserByTokenHash(ctx.sql, ctx.tokenHash)
-      : ctx.user;
-    if (!user || !ctx.tokenHash) throw unauthenticated();
-    return next({ ctx: { user, tokenHash: ctx.tokenHash } });
+    // Read on every call: a WebSocket context lives as long as the connection, and a logout
+    // must take effect on open connections too. An HTTP request reads it once for its batch.
+    const user = await ctx.caller.user();
+    return next({ ctx: { user, tokenHash: ctx.tokenHash! } });
   },
 );
 
@@ -166,14 +171,23 @@ export function writeProcedure(kind: WriteKind) {
   });
 }
 
-const roomInput = z.object({ roomId: id });
-
-/** Throws `NOT_FOUND` for an unknown room and `FORBIDDEN` for a non-member (checked in Postgres). */
-async function requireMember(sql: Sql, roomId: string, userId: string): Promise<void> {
-  const membership = await getMembership(sql, roomId, userId);
-  if (!membership.roomExists) throw roomNotFound(roomId);
-  if (!membership.isMember) throw notMember();
+/**
+ * A write of `kind` whose own statement checks the token (`messages.send`): counted against
+ * the token's user (known without a round trip after its first sight, see `access.ts`) and
+ * the connection before any other work; over either it is `TOO_MANY_REQUESTS`.
+ */
+export function sessionWriteProcedure(kind: WriteKind) {
+  return sessionProcedure.use(async function limitWrites({ ctx, next }) {
+    await ctx.writes.consume(kind, {
+      userId: await userIdOf(ctx.sql, ctx.tokenHash),
+      connection: ctx.connection.key,
+      address: ctx.address,
+    });
+    return next();
+  });
 }
+
+const roomInput = z.object({ roomId: id });
 
 /** An authed caller who is a member of `input.roomId` (checked in Postgres). */
 export const memberProcedure = authedProcedure
@@ -182,16 +196,6 @@ export const memberProcedure = authedProcedure
     await requireMember(ctx.sql, input.roomId, ctx.user.id);
     return next();
   });
-
-/** A member's write of `kind`: rate-limited first, then the membership check. */
-export function memberWriteProcedure(kind: WriteKind) {
-  return writeProcedure(kind)
-    .input(roomInput)
-    .use(async function isMember({ ctx, input, next }) {
-      await requireMember(ctx.sql, input.roomId, ctx.user.id);
-      return next();
-    });
-}
 
 /**
  * Maps a constraint violation to an API error (`CONFLICT`, `NOT_FOUND`); returns undefined for

@@ -17,7 +17,7 @@ import { connect, type Sql } from "../db/mod.ts";
 import { migrate } from "../db/migrate.ts";
 import { fillUsernameKeys } from "../db/users.ts";
 import type { SocketOptions } from "../server/app.ts";
-import type { HubTimings } from "../server/hub.ts";
+import type { HubTimings } from "../server/realtime/hub.ts";
 import { type AbuseLimits, DEFAULT_ABUSE_LIMITS } from "../server/limits.ts";
 import type { LogFields, Logger } from "../server/log.ts";
 import { createOriginPolicy } from "../server/origin.ts";

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { connect } from "../db/mod.ts";
 import { createOriginPolicy } from "../server/origin.ts";
 import { createApp } from "../server/app.ts";
-import { Hub } from "../server/hub.ts";
+import { createHub } from "../server/serve.ts";
 import type { Sql } from "../db/mod.ts";
 import { client, errorCode, memoryLogger, startTestEnv } from "./_helpers.ts";
 import { DEFAULT_ABUSE_LIMITS } from "../server/limits.ts";
@@ -83,7 +83,7 @@ function serveApp(sql: Sql) {
   const app = createApp({
     sql,
     log,
-    hub: new Hub(sql, log),
+    hub: createHub({ sql, log, listenUrl: "postgres://unused" }),
     origins: createOriginPolicy("http://localhost:3000"),
     limits: DEFAULT_ABUSE_LIMITS,
     writes: new WriteLimiter(DEFAULT_ABUSE_LIMITS),

@@ -10,7 +10,8 @@ import assert from "node:assert/strict";
 import postgres from "postgres";
 import type { Message } from "../db/messages.ts";
 import { sendMessage } from "../db/messages.ts";
-import { Hub } from "../server/hub.ts";
+import { hashToken } from "../server/auth.ts";
+import { createHub } from "../server/serve.ts";
 import {
   BULK_LIMITS,
   createTestDatabase,
@@ -196,7 +197,7 @@ Deno.test({ name: LOST, ignore: needsRealPostgres(LOST) }, async () => {
     for (const room of rooms) {
       const result = await sendMessage(a.sql, {
         roomId: room.id,
-        userId: alice.user.id,
+        tokenHash: hashToken(alice.token),
         content: `unannounced in ${room.name}`,
         clientMessageId: null,
       });
@@ -241,9 +242,11 @@ Deno.test({ name: COST, ignore: needsRealPostgres(COST) }, async () => {
     fetch_types: false,
     debug: (_connection, query) => void statements.push(query),
   });
-  const hub = new Hub(sql, memoryLogger(), {
+  const hub = createHub({
+    sql,
+    log: memoryLogger(),
     listenUrl: env.db.url,
-    timings: { heartbeatMs: 200, reconcileMs: 200 },
+    hubTimings: { heartbeatMs: 200, reconcileMs: 200 },
   });
   const count = (pattern: RegExp) => statements.filter((s) => pattern.test(s)).length;
   try {
@@ -253,7 +256,11 @@ Deno.test({ name: COST, ignore: needsRealPostgres(COST) }, async () => {
     const beats = count(/pg_notify/);
     assert.ok(beats >= 3 && beats <= 7, `${beats} heartbeats in 1.1 s at 200 ms`);
 
-    const unsubscribe = await Promise.all(rooms.map((room) => hub.subscribe(room.id, () => {})));
+    const unsubscribe = rooms.map((room) => {
+      const stop = hub.subscribe(room.id, { deliver() {} });
+      hub.setCursor(room.id, 0);
+      return stop;
+    });
     const before = count(/from rooms\s+where id in/);
     await new Promise((resolve) => setTimeout(resolve, 1_100));
     const reconciliations = count(/from rooms\s+where id in/) - before;

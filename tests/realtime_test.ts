@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import postgres from "postgres";
 import type { Message } from "../db/messages.ts";
 import { hashToken } from "../server/auth.ts";
-import { Hub } from "../server/hub.ts";
+import { createHub } from "../server/serve.ts";
 import { appRouter } from "../server/router.ts";
 import { createCallerFactory } from "../server/trpc.ts";
 import {
@@ -270,7 +270,7 @@ Deno.test("a subscription cancelled during setup or before it is read leaves not
   const alice = await signUp(env);
   const room = await alice.api.rooms.create.mutate({ name: "Fleeting" });
   const log = memoryLogger();
-  const hub = new Hub(env.sql, log, { crossInstance: false });
+  const hub = createHub({ sql: env.sql, log, crossInstance: false });
   const context = {
     sql: env.sql,
     log,
@@ -281,8 +281,8 @@ Deno.test("a subscription cancelled during setup or before it is read leaves not
     transport: "ws" as const,
     address: "127.0.0.1",
     connection: { key: "ws:test", subscriptions: 0, callsInFlight: 0 },
-    user: alice.user,
-    tokenHash: await hashToken(alice.token),
+    caller: { user: () => Promise.resolve(alice.user) },
+    tokenHash: hashToken(alice.token),
   };
   const callerFor = (signal: AbortSignal) => createCallerFactory(appRouter)(context, { signal });
   // Abort at different points of setup (before, during and after its queries), then do what

@@ -25,7 +25,7 @@ import {
   spawnServer,
   startTask,
   terminate,
-} from "./_server_process.ts";
+} from "../scripts/server_process.ts";
 
 /** The Dockerfile's instructions, one string each: comments dropped, continuations joined. */
 async function dockerInstructions(): Promise<string[]> {
@@ -459,7 +459,18 @@ Deno.test("starting the server installs only what the app uses: no test-only pac
   const config = JSON.parse(await Deno.readTextFile(new URL("deno.json", ROOT)));
   const lock = JSON.parse(await Deno.readTextFile(new URL("deno.lock", ROOT)));
   const used = new Set<string>();
-  for (const dir of [".", "server", "server/routers", "db", "client", "scripts", "bench"]) {
+  for (
+    const dir of [
+      ".",
+      "server",
+      "server/routers",
+      "server/realtime",
+      "db",
+      "client",
+      "scripts",
+      "bench",
+    ]
+  ) {
     for await (const entry of Deno.readDir(new URL(`${dir}/`, ROOT))) {
       if (!entry.isFile || !entry.name.endsWith(".ts")) continue;
       const source = await Deno.readTextFile(new URL(`${dir}/${entry.name}`, ROOT));

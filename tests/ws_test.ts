@@ -1,4 +1,4 @@
-/** The Deno ↔ tRPC WebSocket bridge (server/ws.ts) under bad and hostile input. */
+/** The connection server (server/realtime/connection.ts) under bad and hostile input. */
 import assert from "node:assert/strict";
 import { signUp, startTestEnv, upgradeStatus, waitFor, wsClient } from "./_helpers.ts";
 

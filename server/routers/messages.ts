@@ -1,29 +1,20 @@
 /** `messages.*`: send (idempotent on clientMessageId) and page through a room's history. */
-import { tracked, TRPCError } from "@trpc/server";
+import { TRPCError } from "@trpc/server";
 import { z } from "zod";
 import { listMessages, type Message, sendMessage } from "../../db/messages.ts";
-import { getLastSeq, getMembership } from "../../db/rooms.ts";
-import { findUserByTokenHash } from "../../db/users.ts";
-import { clip } from "../clip.ts";
+import { knownUserId, openRoom } from "../access.ts";
 import {
+  accessEnded,
   notMember,
-  resyncRequired,
   roomNotFound,
-  tokenRevoked,
+  subscriptionCancelled,
   tooManySubscriptions,
+  unauthenticated,
 } from "../errors.ts";
-import { Inbox } from "../inbox.ts";
 import { MAX_PAGE_CONTENT_BYTES } from "../limits.ts";
+import { resumePoint, RoomStream } from "../realtime/room_stream.ts";
 import { content, id, limit, seq, text } from "../schemas.ts";
-import { authedProcedure, memberProcedure, memberWriteProcedure, router } from "../trpc.ts";
-
-/** Most messages a reconnecting subscriber may replay; beyond it the client must reload. */
-export const MAX_REPLAY = 1000;
-
-/** Most messages queued for one subscriber before it is told to resync. */
-const MAX_QUEUED = 10_000;
-
-const REPLAY_BATCH = 200;
+import { memberProcedure, router, sessionProcedure, sessionWriteProcedure } from "../trpc.ts";
 
 /** The leading messages of `messages` whose content fits MAX_PAGE_CONTENT_BYTES (at least one). */
 function withinBudget(messages: Message[]): Message[] {
@@ -41,13 +32,14 @@ const encoder = new TextEncoder();
 
 /** Procedures on messages. */
 export const messagesRouter = router({
-  send: memberWriteProcedure("sends")
-    .input(z.object({ content, clientMessageId: id.optional() }))
+  send: sessionWriteProcedure("sends")
+    .input(z.object({ roomId: id, content, clientMessageId: id.optional() }))
     .mutation(async ({ ctx, input }) => {
+      // One round trip: the statement checks the token and membership itself.
       const result = await ctx.roomGate.run(input.roomId, ctx.deadline, () =>
         sendMessage(ctx.sql, {
+          tokenHash: ctx.tokenHash,
           roomId: input.roomId,
-          userId: ctx.user.id,
           content: input.content,
           clientMessageId: input.clientMessageId ?? null,
         }, ctx.deadline));
@@ -64,6 +56,10 @@ export const messagesRouter = router({
             message:
               "clientMessageId was already used for another message: use a fresh id for new content",
           });
+        case "unauthenticated":
+          throw unauthenticated();
+        case "room_not_found":
+          throw roomNotFound(input.roomId);
         case "not_member":
           throw notMember();
       }
@@ -93,10 +89,10 @@ export const messagesRouter = router({
       return { items, nextBeforeSeq, nextAfterSeq };
     }),
 
-  onMessage: authedProcedure
+  onMessage: sessionProcedure
     .input(z.object({ roomId: id, lastEventId: text.nullish() }))
     .subscription(async ({ ctx, input, signal }) => {
-      // Access checks and registration with the hub happen here, before tRPC answers
+      // Access is checked and the stream registered with the hub before tRPC answers
       // "started": a client that sends right after onStarted is already being listened to.
       const { roomId } = input;
       const { connection } = ctx;
@@ -104,107 +100,38 @@ export const messagesRouter = router({
         throw tooManySubscriptions(ctx.limits.subscriptionsPerSocket);
       }
       connection.subscriptions++;
-      const inbox = new Inbox<Message>(
-        MAX_QUEUED,
-        () => resyncRequired("this subscriber fell too far behind"),
-      );
-      // Watch for a leave or logout before checking access, so one that commits meanwhile
-      // is never missed.
-      const unwatch = ctx.hub.watchAccess(
-        { roomId, userId: ctx.user.id, tokenHash: ctx.tokenHash },
-        (reason) =>
-          inbox.fail(
-            reason === "logged_out" ? tokenRevoked() : new TRPCError({
-              code: "FORBIDDEN",
-              message: reason === "left" ? "You left this room" : "Access to this room ended",
-            }),
-          ),
-      );
-      let released = false;
-      let unsubscribe = () => {};
-      const release = () => {
-        if (!released) connection.subscriptions--;
-        released = true;
-        unsubscribe();
-        unwatch();
-      };
-      // The client may go away during setup, or before the stream is first read (then the
-      // generator's finally never runs): release on abort, and after every await below.
-      signal?.addEventListener("abort", release, { once: true });
-      const stillWanted = () => {
-        if (released || signal?.aborted) {
-          release();
-          throw new TRPCError({ code: "CLIENT_CLOSED_REQUEST", message: "Subscription cancelled" });
-        }
-      };
-      let from: number;
-      let lastSeq: number;
+      let unwatch = () => {};
+      const stream = new RoomStream({
+        hub: ctx.hub,
+        sql: ctx.sql,
+        roomId,
+        onStop() {
+          connection.subscriptions--;
+          unwatch();
+        },
+      });
+      // The subscriber may go away during setup, or before the stream is first read.
+      signal?.addEventListener("abort", () => stream.stop(), { once: true });
+      // Watch for a leave or logout before checking access, so one that commits meanwhile is
+      // never missed: during setup it only asks for a second check.
+      const holder = { roomId, userId: knownUserId(ctx.tokenHash) ?? "", tokenHash: ctx.tokenHash };
+      let settingUp = true;
+      let recheck = false;
+      unwatch = ctx.hub.watchAccess(holder, (reason) => {
+        if (settingUp) recheck = true;
+        else stream.fail(accessEnded(reason));
+      });
       try {
-        if (!(await findUserByTokenHash(ctx.sql, ctx.tokenHash))) throw tokenRevoked();
-        const membership = await getMembership(ctx.sql, roomId, ctx.user.id);
-        if (!membership.roomExists) {
-          throw roomNotFound(roomId);
-        }
-        if (!membership.isMember) throw notMember();
-        // Listen first, then read the backlog, so nothing falls in between.
-        stillWanted();
-        unsubscribe = await ctx.hub.subscribe(roomId, (message) => inbox.push(message));
-        stillWanted();
-        lastSeq = (await getLastSeq(ctx.sql, roomId)) ?? 0;
-        from = lastSeq;
-        if (input.lastEventId !== undefined && input.lastEventId !== null) {
-          const text = input.lastEventId;
-          from = /^\d{1,15}$/.test(text) ? Number(text) : NaN;
-          if (!(from <= lastSeq)) {
-            throw resyncRequired(`lastEventId "${clip(text, 40)}" is not a seq of this room`);
-          }
-          if (lastSeq - from > MAX_REPLAY) {
-            throw resyncRequired(
-              `${lastSeq - from} messages were missed (replay limit ${MAX_REPLAY})`,
-            );
-          }
-        }
+        let access = await openRoom(ctx.sql, ctx.tokenHash, roomId);
+        holder.userId = access.userId;
+        if (recheck) access = await openRoom(ctx.sql, ctx.tokenHash, roomId);
+        settingUp = false;
+        if (signal?.aborted) throw subscriptionCancelled();
+        stream.resumeAfter(resumePoint(input.lastEventId, access.lastSeq), access.lastSeq);
       } catch (error) {
-        release();
+        stream.stop();
         throw error;
       }
-
-      stillWanted();
-      const stream = (async function* () {
-        try {
-          let last = from;
-          while (last < lastSeq) {
-            const batch = await listMessages(ctx.sql, roomId, {
-              afterSeq: last,
-              limit: REPLAY_BATCH,
-            });
-            if (batch.length === 0) break;
-            for (const message of batch) {
-              yield tracked(String(message.seq), message);
-              last = message.seq;
-            }
-          }
-          for await (const message of inbox.drain(signal ?? new AbortController().signal)) {
-            if (message.seq <= last) continue;
-            yield tracked(String(message.seq), message);
-            last = message.seq;
-          }
-        } finally {
-          release();
-        }
-      })();
-      // return() on a stream never read skips the generator's finally: release here too.
-      type Item = typeof stream extends AsyncGenerator<infer T> ? T : never;
-      const wrapped: AsyncIterableIterator<Item> = {
-        [Symbol.asyncIterator]() {
-          return this;
-        },
-        next: () => stream.next(),
-        return: (value?: unknown) => {
-          release();
-          return stream.return(value as never);
-        },
-      };
-      return wrapped;
+      return stream;
     }),
 });

@@ -15,7 +15,7 @@ export const usersRouter = router({
       const user = await createUser(ctx.sql, {
         username: input.username,
         avatarUrl: input.avatarUrl ?? null,
-        tokenHash: await hashToken(token),
+        tokenHash: hashToken(token),
       });
       return { user, token };
     }),

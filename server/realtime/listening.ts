@@ -15,9 +15,9 @@ import {
   type ListeningClient,
   notifyAll,
   openListeningClient,
-} from "../db/notify.ts";
-import type { Sql } from "../db/mod.ts";
-import type { Logger } from "./log.ts";
+} from "../../db/notify.ts";
+import type { Sql } from "../../db/mod.ts";
+import type { Logger } from "../log.ts";
 
 /** One channel to LISTEN on. */
 export interface ListenChannel {

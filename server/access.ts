@@ -1,0 +1,89 @@
+/**
+ * Access checks, in one place for procedures, subscriptions and revalidation: who holds a
+ * token, whether a room exists, whether they are a member. Every check reads Postgres (a
+ * logout or a leave on another instance counts at once); the only thing remembered is which
+ * user a token belongs to, which never changes (whether it is still valid is always read).
+ */
+import { readRoomAccess } from "../db/access.ts";
+import type { Sql } from "../db/mod.ts";
+import { getMembership } from "../db/rooms.ts";
+import { findRevoked, findUserByTokenHash, type User } from "../db/users.ts";
+import { notMember, roomNotFound, unauthenticated } from "./errors.ts";
+import type { Holder } from "./realtime/hub.ts";
+
+/** Most token-to-user pairs remembered (about 150 bytes each). */
+const KNOWN_TOKENS_MAX = 100_000;
+
+/** Token hash → user id, for the tokens seen lately: immutable facts, oldest dropped first. */
+const knownTokens = new Map<string, string>();
+
+function remember(tokenHash: string, userId: string): void {
+  if (knownTokens.size >= KNOWN_TOKENS_MAX) {
+    knownTokens.delete(knownTokens.keys().next().value!);
+  }
+  knownTokens.set(tokenHash, userId);
+}
+
+/**
+ * The user holding the token whose SHA-256 is `tokenHash`, read now.
+ * @throws `UNAUTHORIZED` (`unauthenticated`) when there is no token, or it is unknown or revoked.
+ */
+export async function authenticate(sql: Sql, tokenHash: string | null): Promise<User> {
+  const user = tokenHash ? await findUserByTokenHash(sql, tokenHash) : undefined;
+  if (!user || !tokenHash) throw unauthenticated();
+  remember(tokenHash, user.id);
+  return user;
+}
+
+/** The id of the user a token belongs to when it was seen before (valid or not now), else null. */
+export function knownUserId(tokenHash: string): string | null {
+  return knownTokens.get(tokenHash) ?? null;
+}
+
+/**
+ * The id of the user a token belongs to, without a round trip when the token was seen
+ * before: for counting a write against its user before the write itself checks the token.
+ * @throws `UNAUTHORIZED` when the token is unknown or revoked (checked only on a first sight).
+ */
+export async function userIdOf(sql: Sql, tokenHash: string | null): Promise<string> {
+  const known = tokenHash ? knownTokens.get(tokenHash) : undefined;
+  return known ?? (await authenticate(sql, tokenHash)).id;
+}
+
+/**
+ * Checks that `userId` is a member of `roomId`, in Postgres.
+ * @throws `NOT_FOUND` (`roomNotFound`) for an unknown room, `FORBIDDEN` (`notMember`) for a
+ * non-member.
+ */
+export async function requireMember(sql: Sql, roomId: string, userId: string): Promise<void> {
+  const membership = await getMembership(sql, roomId, userId);
+  if (!membership.roomExists) throw roomNotFound(roomId);
+  if (!membership.isMember) throw notMember();
+}
+
+/**
+ * Opens a room to a subscriber in one round trip: the token is valid, the room exists and
+ * the token's user is a member. Returns the user's id and the room's last seq.
+ * @throws `UNAUTHORIZED`, `NOT_FOUND` or `FORBIDDEN` as `authenticate` and `requireMember`.
+ */
+export async function openRoom(
+  sql: Sql,
+  tokenHash: string | null,
+  roomId: string,
+): Promise<{ userId: string; lastSeq: number }> {
+  if (!tokenHash) throw unauthenticated();
+  const access = await readRoomAccess(sql, tokenHash, roomId);
+  if (access.userId === null) throw unauthenticated();
+  remember(tokenHash, access.userId);
+  if (!access.roomExists) throw roomNotFound(roomId);
+  if (!access.isMember) throw notMember();
+  return { userId: access.userId, lastSeq: access.lastSeq };
+}
+
+/**
+ * Revalidation: the indexes of the holders whose access ended (they left the room, or their
+ * token was revoked), read in one query.
+ */
+export async function findRevokedHolders(sql: Sql, holders: Holder[]): Promise<number[]> {
+  return await findRevoked(sql, holders);
+}
