@@ -12,6 +12,8 @@ export type Sql = postgres.Sql;
 export interface ConnectOptions {
   /** Connections in the pool (default 10). */
   max?: number;
+  /** Called with the text of every statement sent (postgres.js's `debug`), for tests. */
+  onStatement?: (query: string) => void;
   /**
    * True when `url` is a connection pooler in transaction mode (PgBouncer, or what hosts offer
    * under that name), false for Postgres itself (default). Behind such a pooler consecutive
@@ -91,6 +93,9 @@ export function connect(url: string, options: ConnectOptions = {}): Sql {
     // lookup's promise is dropped when its connection dies mid-query, which ends the process
     // with an unhandled rejection (porsager/postgres #1192, #1205, #1223).
     fetch_types: false,
+    ...(options.onStatement
+      ? { debug: (_connection: number, query: string) => options.onStatement!(query) }
+      : {}),
     // Documented in postgres.js's README ("fn returning custom socket to use"), not in its types.
     ...(options.socket ? { socket: options.socket } as Record<string, unknown> : {}),
   });

@@ -159,10 +159,12 @@ export async function startTestEnv(
     limits?: Partial<AbuseLimits>;
     clientAddressHeader?: string;
     hubTimings?: Partial<HubTimings>;
+    /** Called with every statement the server's pool sends. */
+    onStatement?: (query: string) => void;
   } = {},
 ): Promise<TestEnv> {
   const db = options.db ?? await createTestDatabase();
-  const sql = connect(db.url, { max: POOL_MAX });
+  const sql = connect(db.url, { max: POOL_MAX, onStatement: options.onStatement });
   await migrate(sql);
   await fillUsernameKeys(sql);
   const log = memoryLogger();
