@@ -30,91 +30,136 @@ export interface SendInput {
   clientMessageId: string | null;
 }
 
-/** The row of the send statement: its outcome and, when there is one, the message. */
+/** A row of the send statement: the outcome of the `ord`-th send and, if any, its message. */
 type SendRow = {
+  ord: number;
   status: "created" | "existing" | "unauthenticated" | "room_not_found" | "not_member";
 } & Message;
 
 /**
- * Stores a message with the next `seq` of its room and the sender's current name and avatar,
- * in one statement and one round trip: the token is resolved, membership checked, a known
- * `clientMessageId` looked up (its first message is returned instead of a new one), and the
- * message inserted. The room's counter row is locked by the update, so seqs commit in order,
- * and a failed insert rolls the counter back (no gaps). Two sends racing with the same
- * `clientMessageId` meet on the unique index (23505): the loser reads the winner's message.
- * When `signal` aborts first, the statement is cancelled and the call rejects (SQLSTATE 57014).
+ * Stores one message with the next `seq` of its room. See `sendMessages`, of which it is the
+ * one-message case; a race on the same `clientMessageId` (23505) reads the winner's message.
  */
 export async function sendMessage(
   sql: Sql,
   input: SendInput,
   signal?: AbortSignal,
 ): Promise<SendResult> {
-  const { tokenHash, roomId, content, clientMessageId } = input;
-  let row: SendRow;
   try {
-    const statement = sql<[SendRow]>`
-      with caller as (
-        select t.user_id from tokens t where t.hash = ${tokenHash} and t.revoked_at is null
-      ),
-      membership as (
-        select m.user_id from room_members m, caller c
-        where m.room_id = ${roomId} and m.user_id = c.user_id
-      ),
-      existing as (
-        select messages.* from messages, membership
-        where ${clientMessageId}::uuid is not null
-          and messages.user_id = membership.user_id and client_message_id = ${clientMessageId}
-      ),
-      room as (
-        update rooms set last_seq = last_seq + 1
-        where id = ${roomId}
-          and exists (select 1 from membership)
-          and not exists (select 1 from existing)
-        returning id, last_seq
-      ),
-      inserted as (
-        insert into messages (room_id, seq, user_id, username, avatar_url, content, client_message_id)
-        select room.id, room.last_seq, u.id, u.username, u.avatar_url, ${content}, ${clientMessageId}
-        from room, membership, users u
-        where u.id = membership.user_id
-        returning messages.*
-      ),
-      outcome as (
-        select 'created' as status, inserted.* from inserted
-        union all
-        select 'existing', existing.* from existing
-      )
-      select
-        coalesce(o.status, case
-          when not exists (select 1 from caller) then 'unauthenticated'
-          when not exists (select 1 from rooms where id = ${roomId}) then 'room_not_found'
-          else 'not_member'
-        end) as status,
-        o.id, o.room_id, o.seq, o.user_id, o.username, o.avatar_url, o.content,
-        o.client_message_id, o.created_at
-      from (select 1) as one left join outcome o on true
-    `;
-    // Past the caller's deadline the statement is cancelled in Postgres (57014), so a send
-    // the caller was told failed does not commit later.
-    const cancel = () => void statement.cancel();
-    signal?.addEventListener("abort", cancel, { once: true });
-    [row] = await statement.finally(() => signal?.removeEventListener("abort", cancel));
+    const [result] = await sendMessages(sql, input.roomId, [input], signal);
+    return result;
   } catch (error) {
-    if (
-      clientMessageId !== null &&
-      error instanceof postgres.PostgresError &&
-      error.code === "23505" &&
-      error.constraint_name === "messages_user_client_id_key"
-    ) {
-      const existing = await findByClientId(sql, tokenHash, clientMessageId);
+    if (input.clientMessageId !== null && isClientIdConflict(error)) {
+      const existing = await findByClientId(sql, input.tokenHash, input.clientMessageId);
       if (existing) return compareRetry(existing, input);
     }
     throw error;
   }
-  const { status, ...message } = row;
-  if (status === "created") return { status, message };
-  if (status === "existing") return compareRetry(message, input);
-  return { status };
+}
+
+/** True for the unique violation of two sends with the same user and `clientMessageId`. */
+export function isClientIdConflict(error: unknown): boolean {
+  return error instanceof postgres.PostgresError && error.code === "23505" &&
+    error.constraint_name === "messages_user_client_id_key";
+}
+
+/**
+ * Stores messages of one room in one statement and one round trip (group commit): each
+ * sender's token is resolved and their membership checked, a known `clientMessageId` returns
+ * its first message instead of a new one, and the new messages take the room's next seqs in
+ * the order given. The room's counter row is locked by the update, so seqs commit in order,
+ * and a failed statement rolls the counter back (no gaps). Results come in the order of
+ * `inputs`.
+ *
+ * Rejects with 23505 (`isClientIdConflict`) when two sends with one user's `clientMessageId`
+ * meet (in this batch, or racing another): nothing is stored, send them one by one. When
+ * `signal` aborts first, the statement is cancelled and the call rejects (SQLSTATE 57014).
+ */
+export async function sendMessages(
+  sql: Sql,
+  roomId: string,
+  inputs: readonly SendInput[],
+  signal?: AbortSignal,
+): Promise<SendResult[]> {
+  // Sends travel as one JSON array: the pool does not fetch array types (see db/mod.ts).
+  const items = inputs.map((input, ord) => ({
+    ord,
+    token_hash: input.tokenHash,
+    content: input.content,
+    client_message_id: input.clientMessageId,
+  }));
+  const statement = sql<SendRow[]>`
+    with input as (
+      select * from jsonb_to_recordset(${sql.json(items)})
+        as i(ord int, token_hash text, content text, client_message_id uuid)
+    ),
+    resolved as (
+      select i.ord, i.content, i.client_message_id, t.user_id, m.user_id is not null as is_member
+      from input i
+      left join tokens t on t.hash = i.token_hash and t.revoked_at is null
+      left join room_members m on m.room_id = ${roomId} and m.user_id = t.user_id
+    ),
+    existing as (
+      select r.ord, messages.* from resolved r
+      join messages on messages.user_id = r.user_id
+        and messages.client_message_id = r.client_message_id
+      where r.is_member
+    ),
+    fresh as (
+      select r.ord, r.user_id, r.content, r.client_message_id,
+        row_number() over (order by r.ord) as n,
+        count(*) over () as total
+      from resolved r
+      where r.is_member and not exists (select 1 from existing e where e.ord = r.ord)
+    ),
+    room as (
+      update rooms set last_seq = last_seq + (select count(*) from fresh)
+      where id = ${roomId} and exists (select 1 from fresh)
+      returning id, last_seq
+    ),
+    inserted as (
+      insert into messages (room_id, seq, user_id, username, avatar_url, content, client_message_id)
+      select room.id, room.last_seq - f.total + f.n, u.id, u.username, u.avatar_url, f.content,
+        f.client_message_id
+      from fresh f cross join room join users u on u.id = f.user_id
+      returning messages.*
+    )
+    select
+      r.ord,
+      case
+        when i.id is not null then 'created'
+        when e.id is not null then 'existing'
+        when r.user_id is null then 'unauthenticated'
+        when not exists (select 1 from rooms where id = ${roomId}) then 'room_not_found'
+        else 'not_member'
+      end as status,
+      coalesce(i.id, e.id) as id,
+      coalesce(i.room_id, e.room_id) as room_id,
+      coalesce(i.seq, e.seq) as seq,
+      coalesce(i.user_id, e.user_id) as user_id,
+      coalesce(i.username, e.username) as username,
+      coalesce(i.avatar_url, e.avatar_url) as avatar_url,
+      coalesce(i.content, e.content) as content,
+      coalesce(i.client_message_id, e.client_message_id) as client_message_id,
+      coalesce(i.created_at, e.created_at) as created_at
+    from resolved r
+    left join fresh f on f.ord = r.ord
+    left join room on true
+    left join inserted i on i.seq = room.last_seq - f.total + f.n
+    left join existing e on e.ord = r.ord
+    order by r.ord
+  `;
+  // Past the caller's deadline the statement is cancelled in Postgres (57014), so a send
+  // the caller was told failed does not commit later.
+  const cancel = () => void statement.cancel();
+  if (signal?.aborted) cancel();
+  signal?.addEventListener("abort", cancel, { once: true });
+  const rows = await statement.finally(() => signal?.removeEventListener("abort", cancel));
+  return rows.map(({ ord: _ord, status, ...message }, i): SendResult => {
+    if (status === "created") return { status, message };
+    if (status === "existing") return compareRetry(message, inputs[i]);
+    return { status };
+  });
 }
 
 function compareRetry(existing: Message, input: SendInput): SendResult {

@@ -68,11 +68,16 @@ export async function listRooms(
   `;
 }
 
+/** A user in a room: the key of a membership. */
+export interface MemberKey {
+  roomId: string;
+  userId: string;
+}
+
 /** Updates a room if `userId` created it; undefined when no such room was created by that user. */
 export async function updateRoom(
   sql: Sql,
-  id: string,
-  userId: string,
+  { roomId: id, userId }: MemberKey,
   patch: { name?: string; thumbnailUrl?: string | null },
 ): Promise<Room | undefined> {
   const [room] = await sql<[Room?]>`
@@ -88,8 +93,7 @@ export async function updateRoom(
 /** Whether the room exists and the user is a member, in one round trip. */
 export async function getMembership(
   sql: Sql,
-  roomId: string,
-  userId: string,
+  { roomId, userId }: MemberKey,
 ): Promise<Membership> {
   const [row] = await sql<[Membership]>`
     select
@@ -102,22 +106,20 @@ export async function getMembership(
 /** Joins a user to a room (a no-op when already joined); undefined when the room does not exist. */
 export async function joinRoom(
   sql: Sql,
-  roomId: string,
-  userId: string,
+  { roomId, userId }: MemberKey,
 ): Promise<Member | undefined> {
   await sql`
     insert into room_members (room_id, user_id)
     select id, ${userId} from rooms where id = ${roomId}
     on conflict do nothing
   `;
-  return await getMember(sql, roomId, userId);
+  return await getMember(sql, { roomId, userId });
 }
 
 /** One membership with the user's current name and avatar. */
 export async function getMember(
   sql: Sql,
-  roomId: string,
-  userId: string,
+  { roomId, userId }: MemberKey,
 ): Promise<Member | undefined> {
   const [member] = await sql<[Member?]>`
     select m.room_id, m.user_id, u.username, u.avatar_url, m.joined_at
@@ -130,8 +132,7 @@ export async function getMember(
 /** Removes a user from a room; true when they were a member. */
 export async function leaveRoom(
   sql: Sql,
-  roomId: string,
-  userId: string,
+  { roomId, userId }: MemberKey,
 ): Promise<boolean> {
   const rows = await sql`
     delete from room_members where room_id = ${roomId} and user_id = ${userId} returning user_id

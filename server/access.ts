@@ -6,7 +6,7 @@
  */
 import { readRoomAccess } from "../db/access.ts";
 import type { Sql } from "../db/mod.ts";
-import { getMembership } from "../db/rooms.ts";
+import { getMembership, type MemberKey } from "../db/rooms.ts";
 import { findRevoked, findUserByTokenHash, type User } from "../db/users.ts";
 import { notMember, roomNotFound, unauthenticated } from "./errors.ts";
 import type { Holder } from "./realtime/hub.ts";
@@ -51,13 +51,13 @@ export async function userIdOf(sql: Sql, tokenHash: string | null): Promise<stri
 }
 
 /**
- * Checks that `userId` is a member of `roomId`, in Postgres.
+ * Checks that `key.userId` is a member of `key.roomId`, in Postgres.
  * @throws `NOT_FOUND` (`roomNotFound`) for an unknown room, `FORBIDDEN` (`notMember`) for a
  * non-member.
  */
-export async function requireMember(sql: Sql, roomId: string, userId: string): Promise<void> {
-  const membership = await getMembership(sql, roomId, userId);
-  if (!membership.roomExists) throw roomNotFound(roomId);
+export async function requireMember(sql: Sql, key: MemberKey): Promise<void> {
+  const membership = await getMembership(sql, key);
+  if (!membership.roomExists) throw roomNotFound(key.roomId);
   if (!membership.isMember) throw notMember();
 }
 

@@ -11,7 +11,7 @@ import { clip } from "./clip.ts";
 import { clientAddress } from "./client_address.ts";
 import { type ContextDeps, createContext } from "./context.ts";
 import { retryable } from "./errors.ts";
-import { RoomGate } from "./room_gate.ts";
+import { SendQueue } from "./send_queue.ts";
 import { MAX_BATCH_SIZE, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_URL_BYTES } from "./limits.ts";
 import { corsHeaders, type OriginDecision, PREFLIGHT_HEADERS } from "./origin.ts";
 import {
@@ -31,7 +31,7 @@ export interface SocketOptions {
 }
 
 /** What the front door needs: context creation's needs (but the parts it makes itself) and more. */
-export interface AppDeps extends Omit<ContextDeps, "roomGate"> {
+export interface AppDeps extends Omit<ContextDeps, "sendQueue"> {
   /** The header a trusted proxy puts the client address in, or null (see client_address.ts). */
   clientAddressHeader: string | null;
 }
@@ -58,7 +58,7 @@ const CONNECTION_RETRY_SECONDS = 5;
 
 /** Builds the request handler for `Deno.serve`. */
 export function createApp(appDeps: AppDeps, options: SocketOptions = {}): App {
-  const deps = { ...appDeps, roomGate: new RoomGate() };
+  const deps = { ...appDeps, sendQueue: new SendQueue(appDeps.sql) };
   /** Open (and opening) WebSockets per client address. */
   const perAddress = new Map<string, number>();
   let draining = false;

@@ -13,7 +13,7 @@ import type { AbuseLimits } from "./limits.ts";
 import type { Logger } from "./log.ts";
 import type { OriginPolicy } from "./origin.ts";
 import type { WriteLimiter } from "./rate_limit.ts";
-import type { RoomGate } from "./room_gate.ts";
+import type { SendQueue } from "./send_queue.ts";
 
 /** What context creation needs from the running server. */
 export interface ContextDeps {
@@ -24,7 +24,7 @@ export interface ContextDeps {
   limits: AbuseLimits;
   writes: WriteLimiter;
   /** The per-room bulkhead of the send path. */
-  roomGate: RoomGate;
+  sendQueue: SendQueue;
 }
 
 /** The connection a call came over: one WebSocket, or for HTTP the client address. */
@@ -83,7 +83,7 @@ export function createContext(deps: ContextDeps, opts: ContextInput) {
     hub: deps.hub,
     limits: deps.limits,
     writes: deps.writes,
-    roomGate: deps.roomGate,
+    sendQueue: deps.sendQueue,
     transport: opts.transport,
     address: opts.address,
     connection: {

@@ -89,37 +89,30 @@ export const router = t.router;
 export const createCallerFactory = t.createCallerFactory;
 
 /**
- * Any caller; database constraint errors become API errors here, in one place, and every call
- * is bounded by `CALL_DEADLINE_MS` (`ctx.deadline` aborts when it passes).
+ * Any caller. One middleware (each step of tRPC's middleware chain costs an async call and a
+ * copy of the context) does what every call needs:
+ * - a subscription over HTTP is refused before it runs (tRPC runs a subscription's resolver
+ *   even over HTTP, and then drops the stream it returns when SSE is off);
+ * - at most `MAX_CALLS_IN_FLIGHT` calls of one connection run at once (one WebSocket may
+ *   pipeline many; past the bound each waits its turn on the client);
+ * - every call is bounded by `CALL_DEADLINE_MS` (`ctx.deadline` aborts when it passes);
+ * - database constraint errors become API errors, in one place.
  */
-export const publicProcedure = t.procedure.use(
-  function subscriptionsOverWebSocket({ type, ctx, next }) {
-    // tRPC runs a subscription's resolver even over HTTP (and then drops the stream it returns
-    // when SSE is off), which would leave its listeners behind: refuse it before it runs.
-    if (type === "subscription" && ctx.transport !== "ws") throw subscriptionNeedsWebSocket();
-    return next();
-  },
-).use(async function boundCallsInFlight({ ctx, next }) {
-  // One WebSocket may pipeline many calls; past a bound each waits its turn on the client.
+export const publicProcedure = t.procedure.use(async function guard({ type, ctx, next }) {
+  if (type === "subscription" && ctx.transport !== "ws") throw subscriptionNeedsWebSocket();
   const { connection } = ctx;
   if (connection.callsInFlight >= MAX_CALLS_IN_FLIGHT) throw tooManyCallsInFlight();
   connection.callsInFlight++;
   try {
-    return await next();
-  } finally {
-    connection.callsInFlight--;
-  }
-}).use(
-  async function mapDatabaseErrors({ next }) {
-    const result = await next();
+    const result = await withDeadline(CALL_DEADLINE_MS, (deadline) => next({ ctx: { deadline } }));
     if (!result.ok) {
       const mapped = fromDatabaseError(result.error.cause);
       if (mapped) throw mapped;
     }
     return result;
-  },
-).use(function bounded({ next }) {
-  return withDeadline(CALL_DEADLINE_MS, (deadline) => next({ ctx: { deadline } }));
+  } finally {
+    connection.callsInFlight--;
+  }
 });
 
 /**
@@ -177,13 +170,15 @@ export function writeProcedure(kind: WriteKind) {
  * the connection before any other work; over either it is `TOO_MANY_REQUESTS`.
  */
 export function sessionWriteProcedure(kind: WriteKind) {
-  return sessionProcedure.use(async function limitWrites({ ctx, next }) {
+  // One middleware for both checks: this is the hot path of sends.
+  return publicProcedure.use(async function limitSessionWrites({ ctx, next }) {
+    if (!ctx.tokenHash) throw unauthenticated();
     await ctx.writes.consume(kind, {
       userId: await userIdOf(ctx.sql, ctx.tokenHash),
       connection: ctx.connection.key,
       address: ctx.address,
     });
-    return next();
+    return next({ ctx: { tokenHash: ctx.tokenHash } });
   });
 }
 
@@ -193,7 +188,7 @@ const roomInput = z.object({ roomId: id });
 export const memberProcedure = authedProcedure
   .input(roomInput)
   .use(async function isMember({ ctx, input, next }) {
-    await requireMember(ctx.sql, input.roomId, ctx.user.id);
+    await requireMember(ctx.sql, { roomId: input.roomId, userId: ctx.user.id });
     return next();
   });
 

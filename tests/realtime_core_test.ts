@@ -6,7 +6,15 @@
 import assert from "node:assert/strict";
 import superjson from "superjson";
 import type { Message } from "../db/messages.ts";
-import { BULK_LIMITS, signUp, startTestEnv, TEST_ORIGINS, waitFor, wsClient } from "./_helpers.ts";
+import {
+  BULK_LIMITS,
+  client,
+  signUp,
+  startTestEnv,
+  TEST_ORIGINS,
+  waitFor,
+  wsClient,
+} from "./_helpers.ts";
 
 const ORIGIN = TEST_ORIGINS.split(",")[0].trim();
 
@@ -151,4 +159,52 @@ Deno.test("a resume reaching past the hub's memory replays from Postgres, then m
     watcher.close();
     resumed.close();
   }
+});
+
+Deno.test("concurrent sends to a room are committed together: gap-free, each once, errors per send", async () => {
+  let inserts = 0;
+  await using env = await startTestEnv({
+    limits: BULK_LIMITS,
+    onStatement: (query) => void (/insert into messages/.test(query) && inserts++),
+  });
+  const alice = await signUp(env);
+  const bob = await signUp(env);
+  const carol = await signUp(env); // not a member
+  const room = await alice.api.rooms.create.mutate({ name: "Group commit" });
+  await bob.api.rooms.join.mutate({ roomId: room.id });
+  // One HTTP request per send, all at once, while the room's row is locked elsewhere: the first
+  // send waits on the lock, the others queue behind it and then go together.
+  const [a, b] = [alice, bob].map(({ token }) => client(env, { token, unbatched: true }));
+  let sends: Promise<Message>[] = [];
+  await env.sql.begin(async (tx) => {
+    await tx`select 1 from rooms where id = ${room.id} for update`;
+    sends = Array.from(
+      { length: 60 },
+      (_, i) => (i % 2 ? a : b).messages.send.mutate({ roomId: room.id, content: `m${i}` }),
+    );
+    // Long enough for the requests to arrive, well within the 2 s lock_timeout.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  });
+  const sent = await Promise.all(sends);
+  assert.ok(inserts <= 5, `60 sends in ${inserts} insert statements: they were committed together`);
+  // The same clientMessageId twice at once, and a non-member's send, among other sends.
+  const clientMessageId = crypto.randomUUID();
+  const twice = [1, 2].map(() =>
+    a.messages.send.mutate({ roomId: room.id, content: "once", clientMessageId })
+  );
+  const refused = carol.api.messages.send.mutate({ roomId: room.id, content: "no" }).then(
+    () => "OK",
+    (error) => error.data?.code,
+  );
+  const [first, second] = await Promise.all(twice);
+  assert.equal(await refused, "FORBIDDEN");
+  assert.equal(first.id, second.id);
+  const seqs = [...sent.map((m) => m.seq), first.seq].sort((a, b) => a - b);
+  assert.deepEqual(seqs, Array.from({ length: 61 }, (_, i) => i + 1), "gap-free, each once");
+  for (const [i, message] of sent.entries()) assert.equal(message.content, `m${i}`);
+  const [{ count, lastSeq }] = await env.sql<[{ count: number; lastSeq: number }]>`
+    select count(*)::int as count, (select last_seq from rooms where id = ${room.id}) as last_seq
+    from messages where room_id = ${room.id}
+  `;
+  assert.deepEqual({ count, lastSeq }, { count: 61, lastSeq: 61 });
 });

@@ -21,7 +21,7 @@ import {
 } from "./_helpers.ts";
 import { DEFAULT_ABUSE_LIMITS } from "../server/limits.ts";
 import { WriteLimiter } from "../server/rate_limit.ts";
-import { RoomGate } from "../server/room_gate.ts";
+import { SendQueue } from "../server/send_queue.ts";
 
 const ALLOWED_ORIGIN = "https://app.example.com";
 
@@ -277,7 +277,7 @@ Deno.test("a subscription cancelled during setup or before it is read leaves not
     hub,
     limits: DEFAULT_ABUSE_LIMITS,
     writes: new WriteLimiter(DEFAULT_ABUSE_LIMITS),
-    roomGate: new RoomGate(),
+    sendQueue: new SendQueue(env.sql),
     transport: "ws" as const,
     address: "127.0.0.1",
     connection: { key: "ws:test", subscriptions: 0, callsInFlight: 0 },
@@ -304,7 +304,7 @@ Deno.test("a subscription cancelled during setup or before it is read leaves not
   const stream = await callerFor(ac.signal).messages.onMessage({ roomId: room.id });
   const reading = stream[Symbol.asyncIterator]().next();
   const sent = await alice.api.messages.send.mutate({ roomId: room.id, content: "one" });
-  hub.published(sent); // this hub is not the server's: hand it the message
+  hub.committed(sent); // this hub is not the server's: hand it the message
   const first = await reading;
   assert.equal((first.value as unknown as [string, Message])[1].content, "one");
   ac.abort();

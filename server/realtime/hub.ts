@@ -5,7 +5,7 @@
  * Each watched room has a cursor, the last seq delivered to its subscribers. A message this
  * instance committed is delivered at once when it is the next seq; anything else (another
  * instance's announcement, a gap, a resumed broadcast) makes the room catch up from Postgres
- * in batches. Every message is serialised once per room (`Published`), and the same frame
+ * in batches. Every message is serialised once per room (`FanoutMessage`), and the same frame
  * text goes to every subscriber. The last `RECENT_PER_ROOM` messages of a watched room stay in
  * memory, so resuming subscribers replay from there instead of each reading Postgres.
  *
@@ -15,7 +15,7 @@
  */
 import { listMessages, type Message } from "../../db/messages.ts";
 import type { Sql } from "../../db/mod.ts";
-import { getLastSeqs } from "../../db/rooms.ts";
+import { getLastSeqs, type MemberKey } from "../../db/rooms.ts";
 import { withDeadline } from "../deadline.ts";
 import type { Logger } from "../log.ts";
 import type { Broadcast, HeartbeatTimings } from "./broadcast.ts";
@@ -36,7 +36,7 @@ export const DEFAULT_RECONCILE_MS = 2_000;
  * A committed message as the hub hands it out: the message, and its subscription data frame
  * built once (the part after the request id; see `connection.ts` `dataFrameSuffix`).
  */
-export class Published {
+export class FanoutMessage {
   /** The message. */
   readonly message: Message;
   readonly #encode: (message: Message) => string;
@@ -71,7 +71,7 @@ export class Published {
 
 /** Receives a room's messages in seq order, each once. */
 export interface RoomSubscriber {
-  deliver(published: Published): void;
+  deliver(item: FanoutMessage): void;
 }
 
 /** A watched room. */
@@ -85,7 +85,7 @@ interface WatchedRoom {
   /** More to fetch after the running catch-up. */
   dirty: boolean;
   /** The last messages delivered, oldest first: seqs `recent[0].seq` to `cursor`. */
-  recent: Published[];
+  recent: FanoutMessage[];
 }
 
 /**
@@ -111,7 +111,7 @@ export interface HubTimings extends HeartbeatTimings {
 export interface HubOptions {
   /** How other instances hear of this one's messages and access changes, and it of theirs. */
   broadcast: Broadcast;
-  /** Serialises a message into a data frame suffix (see `Published`). */
+  /** Serialises a message into a data frame suffix (see `FanoutMessage`). */
   encode: (message: Message) => string;
   /** Finds the holders (their indexes) whose access ended (see `access.ts`). */
   findRevoked: (holders: Holder[]) => Promise<number[]>;
@@ -218,7 +218,7 @@ export class Hub {
    * The room's messages after `afterSeq` up to its cursor, from memory; null when memory
    * does not reach back that far (read Postgres instead).
    */
-  recent(roomId: string, afterSeq: number): Published[] | null {
+  recent(roomId: string, afterSeq: number): FanoutMessage[] | null {
     const room = this.#rooms.get(roomId);
     if (!room || room.cursor < 0) return null;
     if (afterSeq >= room.cursor) return [];
@@ -228,12 +228,12 @@ export class Hub {
   }
 
   /** Wraps a message read from Postgres like the hub's own (for replays). */
-  wrap(message: Message): Published {
-    return new Published(message, this.#encode);
+  wrap(message: Message): FanoutMessage {
+    return new FanoutMessage(message, this.#encode);
   }
 
   /** A message this instance committed: delivered here, and announced to other instances. */
-  published(message: Message): void {
+  committed(message: Message): void {
     const room = this.#rooms.get(message.roomId);
     if (room) {
       if (room.cursor < 0) room.stale = true;
@@ -257,7 +257,7 @@ export class Hub {
   }
 
   /** Announces that a user left a room: their subscriptions to it end on every instance. */
-  async announceLeave(roomId: string, userId: string): Promise<void> {
+  async announceLeave({ roomId, userId }: MemberKey): Promise<void> {
     await this.#announceAccess(`leave:${roomId}:${userId}`);
   }
 
@@ -272,12 +272,12 @@ export class Hub {
     await this.#broadcast.announceAccess(item);
   }
 
-  #dispatch(room: WatchedRoom, published: Published): void {
-    if (published.seq !== room.cursor + 1) return;
-    room.cursor = published.seq;
-    room.recent.push(published);
+  #dispatch(room: WatchedRoom, item: FanoutMessage): void {
+    if (item.seq !== room.cursor + 1) return;
+    room.cursor = item.seq;
+    room.recent.push(item);
     if (room.recent.length > RECENT_PER_ROOM * 2) room.recent = room.recent.slice(-RECENT_PER_ROOM);
-    for (const subscriber of room.subscribers) subscriber.deliver(published);
+    for (const subscriber of room.subscribers) subscriber.deliver(item);
   }
 
   #catchUp(roomId: string, room: WatchedRoom): void {

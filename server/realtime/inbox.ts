@@ -33,7 +33,7 @@ export class Inbox<T> {
   }
 
   /** Yields queued items until `signal` aborts; throws the error given to `fail`. */
-  async *drain(signal: AbortSignal): AsyncGenerator<T> {
+  async *take(signal: AbortSignal): AsyncGenerator<T> {
     const onAbort = () => this.#wake?.();
     signal.addEventListener("abort", onAbort);
     try {

@@ -4,7 +4,7 @@
  * delivery, each message once and in order, under a replay cap and the resync rule.
  *
  * Over parley's connection server it is a `DirectStream`: live messages are written to the
- * socket by the hub's delivery itself, as frames built once per room (`Published.frame`).
+ * socket by the hub's delivery itself, as frames built once per room (`FanoutMessage.frame`).
  * Anywhere else (tRPC's own adapters, `createCaller`) it is an async iterable of
  * `tracked(seq, message)`, with the same guarantees.
  */
@@ -13,7 +13,7 @@ import { listMessages, type Message } from "../../db/messages.ts";
 import type { Sql } from "../../db/mod.ts";
 import { resyncRequired } from "../errors.ts";
 import { DIRECT_STREAM, type DirectStream, type StreamSink } from "./direct_stream.ts";
-import type { Hub, Published, RoomSubscriber } from "./hub.ts";
+import type { FanoutMessage, Hub, RoomSubscriber } from "./hub.ts";
 import { Inbox } from "./inbox.ts";
 
 /** Most messages a reconnecting subscriber may replay; beyond it the client must reload. */
@@ -47,7 +47,7 @@ export function resumePoint(lastEventId: string | null | undefined, lastSeq: num
 type Consumer =
   | { kind: "none" }
   | { kind: "direct"; sink: StreamSink }
-  | { kind: "iterator"; inbox: Inbox<Published>; stopped: AbortController };
+  | { kind: "iterator"; inbox: Inbox<FanoutMessage>; stopped: AbortController };
 
 /** One subscriber's stream of a room's messages. */
 export class RoomStream
@@ -61,7 +61,7 @@ export class RoomStream
   /** The last seq this subscriber has (or skips). */
   #last = 0;
   /** Live messages that arrived while replaying, in order. */
-  #queued: Published[] | null = [];
+  #queued: FanoutMessage[] | null = [];
   #consumer: Consumer = { kind: "none" };
   #failure: unknown = null;
   #stopped = false;
@@ -110,17 +110,17 @@ export class RoomStream
   }
 
   /** See `RoomSubscriber.deliver`: a live message of the room. */
-  deliver(published: Published): void {
+  deliver(item: FanoutMessage): void {
     if (this.#stopped) return;
     if (this.#queued !== null) {
       if (this.#queued.length >= MAX_QUEUED) {
         this.fail(resyncRequired("this subscriber fell too far behind"));
         return;
       }
-      this.#queued.push(published);
+      this.#queued.push(item);
       return;
     }
-    this.#emit(published);
+    this.#emit(item);
   }
 
   /** See `DirectStream.attach`: replays, then writes live frames straight to `sink`. */
@@ -146,7 +146,7 @@ export class RoomStream
   }
 
   async *#items(): AsyncGenerator<TrackedEnvelope<Message>> {
-    const inbox = new Inbox<Published>(
+    const inbox = new Inbox<FanoutMessage>(
       MAX_QUEUED,
       () => resyncRequired("this subscriber fell too far behind"),
     );
@@ -155,8 +155,8 @@ export class RoomStream
     this.#consumer = { kind: "iterator", inbox, stopped };
     this.#replay();
     try {
-      for await (const published of inbox.drain(stopped.signal)) {
-        yield tracked(String(published.seq), published.message);
+      for await (const item of inbox.take(stopped.signal)) {
+        yield tracked(String(item.seq), item.message);
       }
     } finally {
       stopped.abort();
@@ -165,12 +165,12 @@ export class RoomStream
   }
 
   /** Writes one message to the consumer, unless the subscriber already has it. */
-  #emit(published: Published): void {
-    if (published.seq <= this.#last) return;
-    this.#last = published.seq;
+  #emit(item: FanoutMessage): void {
+    if (item.seq <= this.#last) return;
+    this.#last = item.seq;
     const consumer = this.#consumer;
-    if (consumer.kind === "direct") consumer.sink.write(published.frame(consumer.sink.framePrefix));
-    else if (consumer.kind === "iterator") consumer.inbox.push(published);
+    if (consumer.kind === "direct") consumer.sink.write(item.frame(consumer.sink.framePrefix));
+    else if (consumer.kind === "iterator") consumer.inbox.push(item);
   }
 
   /** Replays up to the hub's cursor, then the queued live messages, then goes live. */
@@ -178,7 +178,7 @@ export class RoomStream
     const recent = this.#hub.recent(this.#roomId, this.#last);
     if (recent !== null) {
       // The usual case (a new subscriber, a short absence): all in memory, no await.
-      for (const published of recent) this.#emit(published);
+      for (const item of recent) this.#emit(item);
       this.#goLive();
       return;
     }
@@ -189,7 +189,7 @@ export class RoomStream
     while (!this.#stopped) {
       const recent = this.#hub.recent(this.#roomId, this.#last);
       if (recent !== null) {
-        for (const published of recent) this.#emit(published);
+        for (const item of recent) this.#emit(item);
         return;
       }
       const batch = await listMessages(this.#sql, this.#roomId, {
@@ -208,6 +208,6 @@ export class RoomStream
     const queued = this.#queued;
     if (queued === null) return;
     this.#queued = null;
-    for (const published of queued) this.#emit(published);
+    for (const item of queued) this.#emit(item);
   }
 }

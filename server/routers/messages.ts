@@ -1,7 +1,7 @@
 /** `messages.*`: send (idempotent on clientMessageId) and page through a room's history. */
 import { TRPCError } from "@trpc/server";
 import { z } from "zod";
-import { listMessages, type Message, sendMessage } from "../../db/messages.ts";
+import { listMessages, type Message } from "../../db/messages.ts";
 import { knownUserId, openRoom } from "../access.ts";
 import {
   accessEnded,
@@ -35,20 +35,20 @@ export const messagesRouter = router({
   send: sessionWriteProcedure("sends")
     .input(z.object({ roomId: id, content, clientMessageId: id.optional() }))
     .mutation(async ({ ctx, input }) => {
-      // One round trip: the statement checks the token and membership itself.
-      const result = await ctx.roomGate.run(input.roomId, ctx.deadline, () =>
-        sendMessage(ctx.sql, {
-          tokenHash: ctx.tokenHash,
-          roomId: input.roomId,
-          content: input.content,
-          clientMessageId: input.clientMessageId ?? null,
-        }, ctx.deadline));
+      // One round trip, shared with concurrent sends to the room: the statement checks the
+      // token and membership itself.
+      const result = await ctx.sendQueue.send({
+        tokenHash: ctx.tokenHash,
+        roomId: input.roomId,
+        content: input.content,
+        clientMessageId: input.clientMessageId ?? null,
+      }, ctx.deadline);
       switch (result.status) {
         case "created":
         case "duplicate":
           // A retry may follow a send whose announcement was lost (crash, failed NOTIFY):
           // publishing again is harmless, subscribers skip seqs they already have.
-          ctx.hub.published(result.message);
+          ctx.hub.committed(result.message);
           return result.message;
         case "conflict":
           throw new TRPCError({

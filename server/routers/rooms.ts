@@ -53,7 +53,7 @@ export const roomsRouter = router({
     )
     .mutation(async ({ ctx, input }) => {
       const { roomId, ...patch } = input;
-      const room = await updateRoom(ctx.sql, roomId, ctx.user.id, patch);
+      const room = await updateRoom(ctx.sql, { roomId, userId: ctx.user.id }, patch);
       if (room) return room;
       if (!(await getRoom(ctx.sql, roomId))) throw roomNotFound(roomId);
       throw new TRPCError({
@@ -63,14 +63,14 @@ export const roomsRouter = router({
     }),
 
   join: writeProcedure("joins").input(roomInput).mutation(async ({ ctx, input }) => {
-    const member = await joinRoom(ctx.sql, input.roomId, ctx.user.id);
+    const member = await joinRoom(ctx.sql, { roomId: input.roomId, userId: ctx.user.id });
     if (!member) throw roomNotFound(input.roomId);
     return member;
   }),
 
   leave: writeProcedure("joins").input(roomInput).mutation(async ({ ctx, input }) => {
-    const left = await leaveRoom(ctx.sql, input.roomId, ctx.user.id);
-    if (left) await ctx.hub.announceLeave(input.roomId, ctx.user.id);
+    const left = await leaveRoom(ctx.sql, { roomId: input.roomId, userId: ctx.user.id });
+    if (left) await ctx.hub.announceLeave({ roomId: input.roomId, userId: ctx.user.id });
     else if (!(await getRoom(ctx.sql, input.roomId))) throw roomNotFound(input.roomId);
     return { left };
   }),

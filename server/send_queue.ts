@@ -1,0 +1,148 @@
+/**
+ * Group commit of sends, per room. Sends to one room serialise on its counter row in Postgres
+ * anyway (each locks it until commit), and each commit waits for its WAL flush; so each room
+ * has at most one send statement in flight, and the sends that arrive meanwhile go together in
+ * the next one (`sendMessages`): one round trip, one lock and one flush for all of them.
+ *
+ * It is also the bulkhead of the send path: a room whose row is locked elsewhere (a long
+ * transaction) holds one pool connection, never the whole pool; its sends wait here and give
+ * up when their call's deadline passes.
+ */
+import {
+  isClientIdConflict,
+  type SendInput,
+  sendMessage,
+  sendMessages,
+  type SendResult,
+} from "../db/messages.ts";
+import type { Sql } from "../db/mod.ts";
+import { databaseUnavailable } from "./errors.ts";
+
+/** Most sends in one statement. */
+export const MAX_SENDS_PER_STATEMENT = 64;
+
+interface PendingSend {
+  input: SendInput;
+  /** Aborts when the call's deadline passes. */
+  signal: AbortSignal;
+  resolve(result: SendResult): void;
+  reject(error: unknown): void;
+  /** Removes the waiting send from its queue and rejects it (while it is queued). */
+  onAbort(): void;
+}
+
+interface Lane {
+  queue: PendingSend[];
+  running: boolean;
+}
+
+/** Sends messages, batching concurrent sends to one room into one statement. */
+export class SendQueue {
+  #sql: Sql;
+  #lanes = new Map<string, Lane>();
+
+  constructor(sql: Sql) {
+    this.#sql = sql;
+  }
+
+  /**
+   * Stores a message (see `sendMessages` for what is checked). Rejects with
+   * `databaseUnavailable()` when `signal` aborts while the send still waits here (nothing was
+   * sent to Postgres); once its statement runs, an abort cancels it and the send answers with
+   * its real outcome (cancelled, or committed just before).
+   */
+  send(input: SendInput, signal: AbortSignal): Promise<SendResult> {
+    if (signal.aborted) return Promise.reject(databaseUnavailable());
+    let lane = this.#lanes.get(input.roomId);
+    if (!lane) this.#lanes.set(input.roomId, lane = { queue: [], running: false });
+    const current = lane;
+    const { promise, resolve, reject } = Promise.withResolvers<SendResult>();
+    const pending: PendingSend = {
+      input,
+      signal,
+      resolve,
+      reject,
+      onAbort() {
+        const at = current.queue.indexOf(pending);
+        if (at >= 0) current.queue.splice(at, 1);
+        reject(databaseUnavailable());
+      },
+    };
+    signal.addEventListener("abort", pending.onAbort, { once: true });
+    lane.queue.push(pending);
+    if (!lane.running) this.#pump(input.roomId, lane);
+    return promise;
+  }
+
+  /** Rooms with sends running or waiting (for tests and metrics). */
+  get size(): number {
+    return this.#lanes.size;
+  }
+
+  async #pump(roomId: string, lane: Lane): Promise<void> {
+    lane.running = true;
+    try {
+      while (lane.queue.length > 0) {
+        const batch = lane.queue.splice(0, MAX_SENDS_PER_STATEMENT);
+        for (const pending of batch) pending.signal.removeEventListener("abort", pending.onAbort);
+        const retry = await this.#run(roomId, batch);
+        lane.queue.unshift(...retry);
+        for (const pending of retry) {
+          pending.signal.addEventListener("abort", pending.onAbort, { once: true });
+        }
+      }
+    } finally {
+      lane.running = false;
+      if (lane.queue.length === 0 && this.#lanes.get(roomId) === lane) this.#lanes.delete(roomId);
+    }
+  }
+
+  /** Runs one batch; returns the sends to run again (cancelled for another's deadline). */
+  async #run(roomId: string, batch: PendingSend[]): Promise<PendingSend[]> {
+    if (batch.length === 1) {
+      const [pending] = batch;
+      await sendMessage(this.#sql, pending.input, pending.signal).then(
+        pending.resolve,
+        pending.reject,
+      );
+      return [];
+    }
+    // The statement is cancelled as soon as one of its sends' deadline passes.
+    const signal = AbortSignal.any(batch.map((pending) => pending.signal));
+    try {
+      const results = await sendMessages(
+        this.#sql,
+        roomId,
+        batch.map((pending) => pending.input),
+        signal,
+      );
+      batch.forEach((pending, i) => pending.resolve(results[i]));
+      return [];
+    } catch (error) {
+      if (signal.aborted && isCancelled(error)) {
+        // Nothing was stored: the sends whose deadline passed learn it, the others go again.
+        const expired = batch.filter((pending) => pending.signal.aborted);
+        for (const pending of expired) pending.reject(error);
+        return batch.filter((pending) => !pending.signal.aborted);
+      }
+      if (isClientIdConflict(error)) {
+        // Two sends with one clientMessageId met: nothing was stored; one by one, the second
+        // finds the first.
+        for (const pending of batch) {
+          await sendMessage(this.#sql, pending.input, pending.signal).then(
+            pending.resolve,
+            pending.reject,
+          );
+        }
+        return [];
+      }
+      for (const pending of batch) pending.reject(error);
+      return [];
+    }
+  }
+}
+
+/** True for a statement cancelled on request (SQLSTATE 57014). */
+function isCancelled(error: unknown): boolean {
+  return (error as { code?: unknown } | null)?.code === "57014";
+}
