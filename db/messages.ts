@@ -93,11 +93,20 @@ export async function sendMessages(
       select * from jsonb_to_recordset(${sql.json(items)})
         as i(ord int, token_hash text, content text, client_message_id uuid)
     ),
-    resolved as (
-      select i.ord, i.content, i.client_message_id, t.user_id, m.user_id is not null as is_member
+    -- Lookups by key, one per send (scalar subqueries): the planner cannot know how few sends
+    -- there are (it assumes 100) and would otherwise hash whole tables.
+    caller as (
+      select i.*, (
+        select t.user_id from tokens t where t.hash = i.token_hash and t.revoked_at is null
+      ) as user_id
       from input i
-      left join tokens t on t.hash = i.token_hash and t.revoked_at is null
-      left join room_members m on m.room_id = ${roomId} and m.user_id = t.user_id
+    ),
+    resolved as (
+      select c.ord, c.content, c.client_message_id, c.user_id,
+        exists (
+          select 1 from room_members m where m.room_id = ${roomId} and m.user_id = c.user_id
+        ) as is_member
+      from caller c
     ),
     existing as (
       select r.ord, messages.* from resolved r
@@ -121,7 +130,10 @@ export async function sendMessages(
       insert into messages (room_id, seq, user_id, username, avatar_url, content, client_message_id)
       select room.id, room.last_seq - f.total + f.n, u.id, u.username, u.avatar_url, f.content,
         f.client_message_id
-      from fresh f cross join room join users u on u.id = f.user_id
+      from fresh f cross join room
+      cross join lateral (
+        select id, username, avatar_url from users where id = f.user_id offset 0
+      ) u
       returning messages.*
     )
     select

@@ -113,14 +113,15 @@ export function createApp(appDeps: AppDeps, options: SocketOptions = {}): App {
     const decision = deps.origins.check(req.headers.get("origin"));
     const response = await route(req, info, decision);
     if (response.status === 101) return response;
-    const headers = new Headers(response.headers);
-    for (
-      const [name, value] of Object.entries(corsHeaders(decision.allowed ? decision.origin : null))
-    ) {
-      headers.set(name, value);
+    try {
+      addCors(response.headers, decision);
+      return response;
+    } catch {
+      // A response with immutable headers: copy it once.
+      const headers = new Headers(response.headers);
+      addCors(headers, decision);
+      return new Response(response.body, { status: response.status, headers });
     }
-    if (!headers.get("vary")?.toLowerCase().includes("origin")) headers.append("vary", "Origin");
-    return new Response(response.body, { status: response.status, headers });
   }
 
   async function route(
@@ -213,6 +214,16 @@ export function createApp(appDeps: AppDeps, options: SocketOptions = {}): App {
       connections.reconnectAll();
     },
   };
+}
+
+/** Adds the CORS headers of the origin policy's decision, and `Vary: Origin`. */
+function addCors(headers: Headers, decision: OriginDecision): void {
+  for (
+    const [name, value] of Object.entries(corsHeaders(decision.allowed ? decision.origin : null))
+  ) {
+    headers.set(name, value);
+  }
+  if (!headers.get("vary")?.toLowerCase().includes("origin")) headers.append("vary", "Origin");
 }
 
 /**
