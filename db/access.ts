@@ -1,10 +1,16 @@
 /**
  * The queries behind access checks (see `server/access.ts`): who holds a token, and what they
- * may do in a room, each answered in one round trip.
+ * may do in a room, answered for many callers in one round trip.
  */
 import type { Sql } from "./mod.ts";
 
-/** What a caller may do in a room, read in one statement. */
+/** A caller (by the SHA-256 of their token) and the room they ask for. */
+export interface AccessRequest {
+  tokenHash: string;
+  roomId: string;
+}
+
+/** What a caller may do in a room. */
 export interface RoomAccess {
   /** The user the token belongs to, or null when it is unknown or revoked. */
   userId: string | null;
@@ -15,28 +21,36 @@ export interface RoomAccess {
 }
 
 /**
- * Resolves a token (by its SHA-256, `tokenHash`) and the user's place in `roomId` in one
- * statement, with the room's last seq.
+ * Resolves each request's token and the user's place in the room, with the room's last seq,
+ * in one statement; results come in the order of `requests`. Room ids must be UUIDs.
  */
 export async function readRoomAccess(
   sql: Sql,
-  tokenHash: string,
-  roomId: string,
-): Promise<RoomAccess> {
-  const [row] = await sql<[RoomAccess]>`
-    with caller as (
-      select user_id from tokens where hash = ${tokenHash} and revoked_at is null
-    )
+  requests: readonly AccessRequest[],
+): Promise<RoomAccess[]> {
+  // Requests travel as one JSON array (the pool does not fetch array types, see db/mod.ts).
+  // Lookups go by key, one per request (`offset 0` keeps each subquery a lookup): the planner
+  // assumes 100 rows from jsonb_to_recordset and would otherwise hash whole tables.
+  const items = requests.map(({ tokenHash, roomId }, ord) => ({
+    ord,
+    token_hash: tokenHash,
+    room_id: roomId,
+  }));
+  return await sql<RoomAccess[]>`
     select
       c.user_id,
       r.id is not null as room_exists,
       coalesce(r.last_seq, 0) as last_seq,
       exists (
-        select 1 from room_members m where m.room_id = ${roomId} and m.user_id = c.user_id
+        select 1 from room_members m where m.room_id = i.room_id and m.user_id = c.user_id
       ) as is_member
-    from (select 1) as one
-    left join caller c on true
-    left join rooms r on r.id = ${roomId}
+    from jsonb_to_recordset(${sql.json(items)}) as i(ord int, token_hash text, room_id uuid)
+    left join lateral (
+      select t.user_id from tokens t
+      where t.hash = i.token_hash and t.revoked_at is null
+      offset 0
+    ) c on true
+    left join lateral (select id, last_seq from rooms where id = i.room_id offset 0) r on true
+    order by i.ord
   `;
-  return row;
 }

@@ -4,10 +4,11 @@
  * logout or a leave on another instance counts at once); the only thing remembered is which
  * user a token belongs to, which never changes (whether it is still valid is always read).
  */
-import { readRoomAccess } from "../db/access.ts";
+import { type AccessRequest, readRoomAccess, type RoomAccess } from "../db/access.ts";
 import type { Sql } from "../db/mod.ts";
 import { getMembership, type MemberKey } from "../db/rooms.ts";
 import { findRevoked, findUserByTokenHash, type User } from "../db/users.ts";
+import { Batcher } from "./batcher.ts";
 import { notMember, roomNotFound, unauthenticated } from "./errors.ts";
 import type { Holder } from "./realtime/hub.ts";
 
@@ -61,9 +62,16 @@ export async function requireMember(sql: Sql, key: MemberKey): Promise<void> {
   if (!membership.isMember) throw notMember();
 }
 
+/** Most access checks read in one statement. */
+const MAX_ACCESS_BATCH = 500;
+
+/** One batcher of access checks per pool: a storm of subscribers costs a few round trips. */
+const accessBatchers = new WeakMap<Sql, Batcher<AccessRequest, RoomAccess>>();
+
 /**
- * Opens a room to a subscriber in one round trip: the token is valid, the room exists and
- * the token's user is a member. Returns the user's id and the room's last seq.
+ * Opens a room to a subscriber in one round trip (shared with the subscribers opening at the
+ * same time): the token is valid, the room exists and the token's user is a member. Returns
+ * the user's id and the room's last seq.
  * @throws `UNAUTHORIZED`, `NOT_FOUND` or `FORBIDDEN` as `authenticate` and `requireMember`.
  */
 export async function openRoom(
@@ -72,7 +80,12 @@ export async function openRoom(
   roomId: string,
 ): Promise<{ userId: string; lastSeq: number }> {
   if (!tokenHash) throw unauthenticated();
-  const access = await readRoomAccess(sql, tokenHash, roomId);
+  let batcher = accessBatchers.get(sql);
+  if (!batcher) {
+    batcher = new Batcher((requests) => readRoomAccess(sql, requests), MAX_ACCESS_BATCH);
+    accessBatchers.set(sql, batcher);
+  }
+  const access = await batcher.load({ tokenHash, roomId });
   if (access.userId === null) throw unauthenticated();
   remember(tokenHash, access.userId);
   if (!access.roomExists) throw roomNotFound(roomId);

@@ -1,0 +1,37 @@
+/** The batcher behind access checks: one batch in flight, the rest wait and go together. */
+import assert from "node:assert/strict";
+import { Batcher } from "../server/batcher.ts";
+
+Deno.test("requests arriving while a batch runs go together in the next one, in order, at most maxBatch", async () => {
+  const batches: number[][] = [];
+  let release = () => {};
+  const batcher = new Batcher<number, string>(async (inputs) => {
+    batches.push(inputs);
+    await new Promise<void>((resolve) => release = resolve);
+    return inputs.map((n) => `#${n}`);
+  }, 4);
+  const results = Array.from({ length: 7 }, (_, n) => batcher.load(n));
+  assert.deepEqual(batches, [[0]], "the first request goes at once, alone");
+  release();
+  await results[0];
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.deepEqual(batches, [[0], [1, 2, 3, 4]], "the waiting ones go together, at most 4");
+  release();
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  release();
+  assert.deepEqual(await Promise.all(results), ["#0", "#1", "#2", "#3", "#4", "#5", "#6"]);
+  assert.deepEqual(batches, [[0], [1, 2, 3, 4], [5, 6]]);
+});
+
+Deno.test("a failed batch rejects each of its requests, and the next batch still runs", async () => {
+  let calls = 0;
+  const batcher = new Batcher<number, number>((inputs) => {
+    calls++;
+    return calls === 1 ? Promise.reject(new Error("database down")) : Promise.resolve(inputs);
+  }, 10);
+  const first = batcher.load(1);
+  const second = batcher.load(2);
+  await assert.rejects(first, /database down/);
+  assert.equal(await second, 2);
+  assert.equal(await batcher.load(3), 3);
+});
