@@ -20,7 +20,7 @@ import {
   TEST_DATABASE_URL,
   type TestDatabase,
 } from "./_helpers.ts";
-import { LOCAL_SERVER_ENV, spawnServer, terminate } from "./_server_process.ts";
+import { LOCAL_SERVER_ENV, spawnServer, terminate } from "../scripts/server_process.ts";
 import { startTcpProxy } from "./_tcp_proxy.ts";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -20,7 +20,7 @@ import {
   waitFor,
   wsClient,
 } from "./_helpers.ts";
-import { type ServerProcess, spawnServer, terminate } from "./_server_process.ts";
+import { type ServerProcess, spawnServer, terminate } from "../scripts/server_process.ts";
 
 /** Where Debian's `pgbouncer` package installs the binary. */
 const PGBOUNCER = "/usr/sbin/pgbouncer";
