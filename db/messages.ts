@@ -93,8 +93,9 @@ export async function sendMessages(
       select * from jsonb_to_recordset(${sql.json(items)})
         as i(ord int, token_hash text, content text, client_message_id uuid)
     ),
-    -- Lookups by key, one per send (scalar subqueries): the planner cannot know how few sends
-    -- there are (it assumes 100) and would otherwise hash whole tables.
+    -- Lookups by key, one per send (scalar subqueries, and laterals kept apart by "offset 0"):
+    -- the planner assumes 100 rows from jsonb_to_recordset and would otherwise hash or scan
+    -- whole tables (messages included), which grows with history.
     caller as (
       select i.*, (
         select t.user_id from tokens t where t.hash = i.token_hash and t.revoked_at is null
@@ -109,10 +110,13 @@ export async function sendMessages(
       from caller c
     ),
     existing as (
-      select r.ord, messages.* from resolved r
-      join messages on messages.user_id = r.user_id
-        and messages.client_message_id = r.client_message_id
-      where r.is_member
+      select r.ord, m.* from resolved r
+      cross join lateral (
+        select * from messages
+        where messages.user_id = r.user_id and messages.client_message_id = r.client_message_id
+        offset 0
+      ) m
+      where r.is_member and r.client_message_id is not null
     ),
     fresh as (
       select r.ord, r.user_id, r.content, r.client_message_id,

@@ -164,8 +164,9 @@ export async function getLastSeqs(sql: Sql, roomIds: string[]): Promise<Map<stri
   if (roomIds.length === 0) return new Map();
   // Ids travel as JSON: the pool does not fetch array types (db/mod.ts), so sql.array is out.
   const rows = await sql<{ id: string; lastSeq: number }[]>`
-    select id, last_seq from rooms
-    where id in (select jsonb_array_elements_text(${sql.json(roomIds)})::uuid)
+    select r.id, r.last_seq
+    from jsonb_array_elements_text(${sql.json(roomIds)}) as j(id)
+    cross join lateral (select id, last_seq from rooms where id = j.id::uuid offset 0) r
   `;
   return new Map(rows.map((row) => [row.id, row.lastSeq]));
 }

@@ -62,6 +62,12 @@ export class LocalBroadcast implements Broadcast {
   }
 }
 
+/**
+ * Shortest time between two announcements of new messages, in milliseconds: what a busy
+ * instance adds to delivery on the others, for a NOTIFY per interval instead of per send.
+ */
+export const NOTIFY_INTERVAL_MS = 5;
+
 /** Timings of the LISTEN connection's heartbeat, in milliseconds. */
 export interface HeartbeatTimings {
   /** Between heartbeats on the LISTEN connection. */
@@ -83,7 +89,8 @@ export const DEFAULT_HEARTBEAT: HeartbeatTimings = {
  * Postgres `LISTEN/NOTIFY`. NOTIFYs go through the pool (they may pass a pooler); LISTEN needs
  * a session of its own on Postgres itself (`listenUrl`), watched by a heartbeat
  * (`listening.ts`). Message announcements are coalesced: one NOTIFY carries the latest seq of
- * every room that moved since the last one, `<room>:<seq>,…`.
+ * every room that moved since the last one, `<room>:<seq>,…`, at most one per
+ * `NOTIFY_INTERVAL_MS` under load.
  */
 export class PostgresBroadcast implements Broadcast {
   readonly lossy = true;
@@ -160,12 +167,19 @@ export class PostgresBroadcast implements Broadcast {
   async #flush(): Promise<void> {
     try {
       while (this.#pending.size > 0) {
+        const started = performance.now();
         const items = [...this.#pending].map(([roomId, seq]) => `${roomId}:${seq}`);
         this.#pending.clear();
         await notifyAll(this.#sql, MESSAGES_CHANNEL, items).catch((error) => {
           // Other instances still catch up on their next notification or reconciliation.
           if (!this.#closed) this.#log.error("Cannot announce new messages", error);
         });
+        // Under load, at most one NOTIFY per interval: each costs a statement here and in
+        // Postgres, and other instances read the messages themselves anyway.
+        const rest = NOTIFY_INTERVAL_MS - (performance.now() - started);
+        if (this.#pending.size > 0 && rest > 0 && !this.#closed) {
+          await new Promise((resolve) => setTimeout(resolve, rest));
+        }
       }
     } finally {
       this.#flushing = null;
