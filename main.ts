@@ -6,6 +6,7 @@ import { fillUsernameKeys } from "./db/users.ts";
 import { ConfigError, loadConfig } from "./server/config.ts";
 import { NotificationsNotHeardError } from "./server/realtime/listening.ts";
 import { createLogger } from "./server/log.ts";
+import { bufferedStdoutSink } from "./server/log_sink.ts";
 import { serve } from "./server/serve.ts";
 
 async function main(): Promise<void> {
@@ -17,7 +18,7 @@ async function main(): Promise<void> {
     console.error(error.message);
     Deno.exit(1);
   }
-  const log = createLogger(config.logFormat);
+  const log = createLogger(config.logFormat, bufferedStdoutSink());
   for (const warning of config.warnings) log.warn(`Warning: ${warning}`);
 
   // Before anything is opened: a busy port must not cost a migration or an embedded database.

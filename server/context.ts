@@ -29,7 +29,7 @@ export interface ContextDeps {
 
 /** The connection a call came over: one WebSocket, or for HTTP the client address. */
 export interface ConnectionState {
-  /** The key per-connection rates count against: `ws:<uuid>`, or null over HTTP. */
+  /** The key per-connection rates count against: `ws:<n>` (n counts this process's connections), or null over HTTP. */
   key: string | null;
   /** Open subscriptions on this WebSocket (always 0 over HTTP). */
   subscriptions: number;
@@ -46,6 +46,9 @@ export interface ContextInput {
   /** The client's address (see `client_address.ts`). */
   address: string;
 }
+
+/** Numbers this process's WebSocket connections, for their rate-limit keys. */
+let connectionCount = 0;
 
 /** Builds the context of one HTTP request (or one WebSocket connection). */
 export function createContext(deps: ContextDeps, opts: ContextInput) {
@@ -87,7 +90,7 @@ export function createContext(deps: ContextDeps, opts: ContextInput) {
     transport: opts.transport,
     address: opts.address,
     connection: {
-      key: opts.transport === "ws" ? `ws:${crypto.randomUUID()}` : null,
+      key: opts.transport === "ws" ? `ws:${++connectionCount}` : null,
       subscriptions: 0,
       callsInFlight: 0,
     } satisfies ConnectionState as ConnectionState,

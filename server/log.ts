@@ -21,12 +21,24 @@ export interface Logger {
   error(message: string, error?: unknown, fields?: LogFields): void;
 }
 
+/** Where log lines go: info lines, and warnings and errors. */
+export interface LogSink {
+  info(line: string): void;
+  problem(line: string): void;
+}
+
+/** Info lines to `console.log` (stdout), warnings and errors to `console.error` (stderr). */
+export const CONSOLE_SINK: LogSink = {
+  info: (line) => console.log(line),
+  problem: (line) => console.error(line),
+};
+
 /**
- * Logs to stdout/stderr in the given format. Every message and string field is bounded
+ * Logs to `sink` (default: stdout and stderr) in the given format. Every message and string field is bounded
  * (request-supplied text such as an Origin can be tens of kilobytes); an error's stack gets
  * more room.
  */
-export function createLogger(format: "json" | "text"): Logger {
+export function createLogger(format: "json" | "text", sink: LogSink = CONSOLE_SINK): Logger {
   function write(level: "info" | "warn" | "error", text: string, raw: LogFields = {}) {
     const message = clip(text, MAX_MESSAGE);
     const fields: LogFields = {};
@@ -43,8 +55,8 @@ export function createLogger(format: "json" | "text"): Logger {
           .filter(([, value]) => value !== undefined && value !== null)
           .map(([key, value]) => `${key}=${value}`),
       ].join(" ");
-    if (level === "info") console.log(line);
-    else console.error(line);
+    if (level === "info") sink.info(line);
+    else sink.problem(line);
   }
   return {
     info: (message, fields) => write("info", message, fields),

@@ -55,6 +55,7 @@ const CLOSE_WAIT_MS = 3000;
 
 /** What the connection server hands to context creation, once per connection. */
 export interface ConnectionInfo {
+  /** The upgrade request's `Origin` header (the only header kept past the upgrade). */
   headers: Headers;
   /** `connectionParams` the client sent as its first message, or null. */
   connectionParams: Record<string, string | undefined> | null;
@@ -117,8 +118,11 @@ export class ConnectionServer<TContext> {
     info: { address: string; onClosed?: (connection: Connection<TContext>) => void },
   ): { connection: Connection<TContext>; response: Response } {
     // Read what is needed from the request first: after the upgrade its headers are gone.
-    const headers = new Headers(req.headers);
-    const awaitsParams = new URL(req.url).searchParams.get("connectionParams") === "1";
+    // Context creation over WebSocket reads only the Origin (the token is in connectionParams).
+    const origin = req.headers.get("origin");
+    const headers = new Headers(origin === null ? undefined : { origin });
+    const awaitsParams = req.url.includes("connectionParams=") &&
+      new URL(req.url).searchParams.get("connectionParams") === "1";
     const { socket, response } = Deno.upgradeWebSocket(req);
     const connection = new Connection(this, socket, {
       headers,
