@@ -326,7 +326,7 @@ async function fanout(ctx: RunContext, shape: FanoutShape): Promise<Section> {
       }
     }
   }
-  return { key: shape.key, title: shape.title, figures: fanoutFigures(runs) };
+  return { key: shape.key, title: shape.title, figures: fanoutFigures(runs, shape.paced) };
 }
 
 /**
@@ -342,7 +342,11 @@ async function lastSeqs(ctx: RunContext, kind: Kind, rooms: BenchRoom[]): Promis
   return rooms.map((room) => byId.get(room.id) ?? 0);
 }
 
-function fanoutFigures(runs: Record<Kind, FanoutRun>): Figure[] {
+/**
+ * The fan-out rows; `judged` (10 × 50) carries the issue's targets, the other shapes are
+ * reported only, as the issue asks.
+ */
+function fanoutFigures(runs: Record<Kind, FanoutRun>, judged: boolean): Figure[] {
   const { parley: p, bare: b } = runs;
   const perDelivery = (run: FanoutRun, us: number) => us / run.sat.deliveries;
   const figures: Figure[] = [
@@ -350,7 +354,7 @@ function fanoutFigures(runs: Record<Kind, FanoutRun>): Figure[] {
       label: "deliveries/s at saturation",
       parley: p.sat.deliveriesPerSec,
       ceiling: b.sat.deliveriesPerSec,
-      goal: { on: "ratio", op: ">=", value: 0.6 },
+      goal: judged ? { on: "ratio", op: ">=", value: 0.6 } : undefined,
     },
     { label: "messages sent/s", parley: p.sat.sendsPerSec, ceiling: b.sat.sendsPerSec },
     {
@@ -358,7 +362,7 @@ function fanoutFigures(runs: Record<Kind, FanoutRun>): Figure[] {
       parley: perDelivery(p, p.sat.cpu.serverUs),
       ceiling: perDelivery(b, b.sat.cpu.serverUs),
       digits: 2,
-      goal: { on: "ratio", op: "<=", value: 1.7 },
+      goal: judged ? { on: "ratio", op: "<=", value: 1.7 } : undefined,
     },
     {
       label: "Postgres CPU µs per delivery",
