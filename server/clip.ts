@@ -6,6 +6,8 @@
  * log line or a response unbounded or malformed.
  */
 export function clip(text: string, max = 120): string {
+  // The common case: no more UTF-16 units than max, so no more code points either.
+  if (text.length <= max) return text.isWellFormed() ? text : text.toWellFormed();
   // A slice of 4 × max UTF-16 units holds more than max code points whenever it cuts anything.
   const points = Array.from(text.length > 4 * max ? text.slice(0, 4 * max) : text);
   const kept = points.length > max ? `${points.slice(0, max).join("")}…` : points.join("");

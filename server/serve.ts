@@ -110,7 +110,7 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     if (response.status !== 101) {
       options.log.info("request", {
         method: req.method,
-        path: new URL(req.url).pathname,
+        path: pathOf(req.url),
         status: response.status,
         ms: Math.round((performance.now() - started) * 10) / 10,
         origin: req.headers.get("origin"),
@@ -232,4 +232,12 @@ export function createHub(
     findRevoked: (holders) => findRevokedHolders(options.sql, holders),
     reconcileMs: options.hubTimings?.reconcileMs,
   });
+}
+
+/** The path of an absolute URL (`http://host:port/path?query`), without parsing all of it. */
+function pathOf(url: string): string {
+  const start = url.indexOf("/", url.indexOf("//") + 2);
+  if (start < 0) return "/";
+  const end = url.indexOf("?", start);
+  return end < 0 ? url.slice(start) : url.slice(start, end);
 }
