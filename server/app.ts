@@ -4,7 +4,6 @@
  * `ws.ts` after the handshake and connection caps are checked) and JSON 404s.
  */
 import type { TRPCError } from "@trpc/server";
-import { fetchRequestHandler } from "@trpc/server/adapters/fetch";
 import superjson from "superjson";
 import { ping } from "../db/mod.ts";
 import { clip } from "./clip.ts";
@@ -22,6 +21,7 @@ import {
 } from "./realtime/connection.ts";
 import { checkHandshake, isUpgrade } from "./realtime/handshake.ts";
 import { appRouter } from "./router.ts";
+import { handleTrpcHttp } from "./trpc_http.ts";
 import type { Context } from "./context.ts";
 
 /** WebSocket tuning; the defaults (`KEEP_ALIVE`, `DEFAULT_LIMITS`) suit production, tests shorten them. */
@@ -216,14 +216,16 @@ export function createApp(appDeps: AppDeps, options: SocketOptions = {}): App {
   };
 }
 
-/** Adds the CORS headers of the origin policy's decision, and `Vary: Origin`. */
+/** Adds the CORS headers of the origin policy's decision, and `Origin` to `Vary` (kept). */
 function addCors(headers: Headers, decision: OriginDecision): void {
   for (
     const [name, value] of Object.entries(corsHeaders(decision.allowed ? decision.origin : null))
   ) {
-    headers.set(name, value);
+    if (name !== "vary") headers.set(name, value);
   }
-  if (!headers.get("vary")?.toLowerCase().includes("origin")) headers.append("vary", "Origin");
+  const vary = headers.get("vary");
+  if (!vary) headers.set("vary", "Origin");
+  else if (!/(^|,)\s*origin\s*(,|$)/i.test(vary)) headers.set("vary", `${vary}, Origin`);
 }
 
 /**
@@ -270,10 +272,10 @@ async function handleTrpc(
   req: Request,
   address: string,
 ): Promise<Response> {
-  let request = req;
+  let body: string | null = null;
   if (req.body) {
-    const body = await readBody(req, MAX_BODY_BYTES);
-    if (body === "too_large") {
+    const read = await readBody(req, MAX_BODY_BYTES);
+    if (read === "too_large") {
       return errorResponse({
         status: 413,
         code: "PAYLOAD_TOO_LARGE",
@@ -281,7 +283,7 @@ async function handleTrpc(
         trpc: true,
       });
     }
-    if (body === "too_slow") {
+    if (read === "too_slow") {
       return errorResponse({
         status: 408,
         code: "TIMEOUT",
@@ -289,33 +291,22 @@ async function handleTrpc(
         trpc: true,
       });
     }
-    if (body === "not_utf8" || body === "broken") {
+    if (read === "not_utf8" || read === "broken") {
       return errorResponse({
         status: 400,
         code: "BAD_REQUEST",
-        message: body === "not_utf8"
+        message: read === "not_utf8"
           ? "Request body is not valid UTF-8"
           : "Request body could not be read: the client went away or sent a broken body",
         trpc: true,
       });
     }
-    request = new Request(req.url, { method: req.method, headers: req.headers, body });
+    body = read;
   }
-  return await fetchRequestHandler({
-    endpoint: "/trpc",
-    req: request,
-    router: appRouter,
-    maxBatchSize: MAX_BATCH_SIZE,
-    createContext: (opts) => createContext(deps, { ...opts, transport: "http", address }),
-    responseMeta({ errors }) {
-      // RFC 9110 §10.2.3: Retry-After in whole seconds, the longest any call of the batch needs.
-      const waits = errors.flatMap((error) => retryable(error)?.retryAfterMs ?? []);
-      if (waits.length === 0) return {};
-      return {
-        headers: new Headers({ "retry-after": String(Math.ceil(Math.max(...waits) / 1000)) }),
-      };
-    },
-    onError: ({ error, path }) => logFailure(deps, error, `tRPC ${path ?? "(unknown path)"}`),
+  return await handleTrpcHttp(req, body, {
+    deps,
+    address,
+    onError: (error, path) => logFailure(deps, error, `tRPC ${path ?? "(unknown path)"}`),
   });
 }
 
