@@ -167,6 +167,8 @@ export async function sendMessages(
   `;
   // Past the caller's deadline the statement is cancelled in Postgres (57014), so a send
   // the caller was told failed does not commit later.
+  // postgres.js's cancel() returns nothing (it drops its own promise): a failed cancel request
+  // surfaces as an unhandled rejection, which main.ts logs when it is a database fault.
   const cancel = () => void statement.cancel();
   if (signal?.aborted) cancel();
   signal?.addEventListener("abort", cancel, { once: true });

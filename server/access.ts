@@ -9,7 +9,7 @@ import type { Sql } from "../db/mod.ts";
 import { getMembership, type MemberKey } from "../db/rooms.ts";
 import { findRevoked, findUserByTokenHash, type User } from "../db/users.ts";
 import { Batcher } from "./batcher.ts";
-import { notMember, roomNotFound, unauthenticated } from "./errors.ts";
+import { databaseUnavailable, notMember, roomNotFound, unauthenticated } from "./errors.ts";
 import type { Holder } from "./realtime/hub.ts";
 
 /** Most token-to-user pairs remembered (about 150 bytes each). */
@@ -65,6 +65,9 @@ export async function requireMember(sql: Sql, key: MemberKey): Promise<void> {
 /** Most access checks read in one statement. */
 const MAX_ACCESS_BATCH = 500;
 
+/** Most access checks waiting for the database; past it they fail at once (503, retry). */
+const MAX_ACCESS_WAITING = 20_000;
+
 /** One batcher of access checks per pool: a storm of subscribers costs a few round trips. */
 const accessBatchers = new WeakMap<Sql, Batcher<AccessRequest, RoomAccess>>();
 
@@ -82,7 +85,11 @@ export async function openRoom(
   if (!tokenHash) throw unauthenticated();
   let batcher = accessBatchers.get(sql);
   if (!batcher) {
-    batcher = new Batcher((requests) => readRoomAccess(sql, requests), MAX_ACCESS_BATCH);
+    batcher = new Batcher((requests) => readRoomAccess(sql, requests), {
+      maxBatch: MAX_ACCESS_BATCH,
+      maxWaiting: MAX_ACCESS_WAITING,
+      whenFull: databaseUnavailable,
+    });
     accessBatchers.set(sql, batcher);
   }
   const access = await batcher.load({ tokenHash, roomId });

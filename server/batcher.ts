@@ -14,6 +14,8 @@ interface Pending<I, O> {
 export class Batcher<I, O> {
   #run: (inputs: I[]) => Promise<O[]>;
   #maxBatch: number;
+  #maxWaiting: number;
+  #whenFull: () => unknown;
   #queue: Pending<I, O>[] = [];
   #running = false;
 
@@ -21,13 +23,22 @@ export class Batcher<I, O> {
    * `run` answers a batch, one output per input in order; when it rejects, every request of
    * the batch rejects with its error.
    */
-  constructor(run: (inputs: I[]) => Promise<O[]>, maxBatch: number) {
+  constructor(
+    run: (inputs: I[]) => Promise<O[]>,
+    options: { maxBatch: number; maxWaiting: number; whenFull: () => unknown },
+  ) {
     this.#run = run;
-    this.#maxBatch = maxBatch;
+    this.#maxBatch = options.maxBatch;
+    this.#maxWaiting = options.maxWaiting;
+    this.#whenFull = options.whenFull;
   }
 
-  /** Resolves with the output for `input`. */
+  /**
+   * Resolves with the output for `input`. Rejects at once with `whenFull()` when `maxWaiting`
+   * requests already wait (a batch stuck on a dead connection must not gather them forever).
+   */
   load(input: I): Promise<O> {
+    if (this.#queue.length >= this.#maxWaiting) return Promise.reject(this.#whenFull());
     const { promise, resolve, reject } = Promise.withResolvers<O>();
     this.#queue.push({ input, resolve, reject });
     if (!this.#running) this.#pump();

@@ -79,8 +79,9 @@ interface SingleCall {
 /** The call when the request is one mutation by POST with a JSON body, else null. */
 function singleMutation(req: Request, body: string): SingleCall | null {
   if (req.method !== "POST") return null;
-  const contentType = req.headers.get("content-type")?.toLowerCase();
-  if (contentType !== undefined && !contentType.startsWith("application/json")) return null;
+  // Exactly what tRPC's adapter accepts as JSON; anything else gets its own answer (415).
+  const contentType = req.headers.get("content-type")?.split(";")[0].trim().toLowerCase();
+  if (contentType !== "application/json") return null;
   if (req.headers.has("trpc-accept")) return null; // streaming responses: tRPC's own
   const url = req.url;
   const start = url.indexOf("/trpc/", url.indexOf("//") + 2);
@@ -150,8 +151,13 @@ async function runSingle(
   const headers = new Headers({ "content-type": "application/json", vary: "trpc-accept, accept" });
   const retryAfter = error ? retryAfterHeader([error]) : null;
   if (retryAfter) headers.set("retry-after", retryAfter);
-  // deno-lint-ignore no-explicit-any -- the transformed response, as tRPC's adapter passes it
-  const status = getHTTPStatusCode(json as any, error ? [error] : undefined);
+  // From the untransformed response, as tRPC's adapter does: the error's data (httpStatus, which
+  // the error formatter sets to 503 for an outage) is not under superjson's envelope there.
+  // deno-lint-ignore no-explicit-any -- tRPC's response union
+  const status = getHTTPStatusCode(
+    call.batch ? [message] : message as any,
+    error ? [error] : undefined,
+  );
   return new Response(JSON.stringify(json), { status, headers });
 }
 

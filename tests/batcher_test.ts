@@ -9,7 +9,7 @@ Deno.test("requests arriving while a batch runs go together in the next one, in 
     batches.push(inputs);
     await new Promise<void>((resolve) => release = resolve);
     return inputs.map((n) => `#${n}`);
-  }, 4);
+  }, { maxBatch: 4, maxWaiting: 100, whenFull: () => new Error("full") });
   const results = Array.from({ length: 7 }, (_, n) => batcher.load(n));
   assert.deepEqual(batches, [[0]], "the first request goes at once, alone");
   release();
@@ -28,10 +28,20 @@ Deno.test("a failed batch rejects each of its requests, and the next batch still
   const batcher = new Batcher<number, number>((inputs) => {
     calls++;
     return calls === 1 ? Promise.reject(new Error("database down")) : Promise.resolve(inputs);
-  }, 10);
+  }, { maxBatch: 10, maxWaiting: 100, whenFull: () => new Error("full") });
   const first = batcher.load(1);
   const second = batcher.load(2);
   await assert.rejects(first, /database down/);
   assert.equal(await second, 2);
   assert.equal(await batcher.load(3), 3);
+});
+
+Deno.test("past maxWaiting requests fail at once instead of piling up behind a stuck batch", async () => {
+  const batcher = new Batcher<number, number>(
+    () => new Promise(() => {}), // a batch that never ends
+    { maxBatch: 10, maxWaiting: 3, whenFull: () => new Error("full") },
+  );
+  batcher.load(0); // in flight
+  for (let i = 1; i <= 3; i++) batcher.load(i); // waiting
+  await assert.rejects(batcher.load(4), /full/);
 });

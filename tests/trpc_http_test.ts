@@ -55,4 +55,17 @@ Deno.test("a single mutation (the fast path) is answered like the same call in a
   assert.equal(refusedPair.status, 403);
   assert.deepEqual(refusedSingle.json[0], refusedPair.json[0]);
   assert.equal(refusedSingle.json[0].error.json.data.code, "FORBIDDEN");
+
+  // What tRPC does not take as JSON is left to tRPC's adapter (415), not to the fast path.
+  const plainText = await fetch(`${env.url}/trpc/messages.send`, {
+    method: "POST",
+    headers: {
+      "content-type": "text/plain",
+      authorization: `Bearer ${alice.token}`,
+      origin: ORIGIN,
+    },
+    body: JSON.stringify(input("not json")),
+  });
+  assert.equal(plainText.status, 415);
+  await plainText.body?.cancel();
 });

@@ -178,7 +178,7 @@ export class Connection<TContext> {
   #headers: Headers | null;
   #address: string;
   /** The context, once created; null while connectionParams are awaited. */
-  #context: Promise<{ ok: true; ctx: TContext } | { ok: false }> | null = null;
+  #context: Promise<{ ok: true; ctx: TContext } | { ok: false; error: TRPCError }> | null = null;
   #ctx: TContext | undefined;
   #subscriptions: Map<RequestId, ActiveSubscription> | null = null;
   #abort: AbortController | null = null;
@@ -300,7 +300,7 @@ export class Connection<TContext> {
 
   #createContext(
     readParams: () => Record<string, string | undefined> | null,
-  ): Promise<{ ok: true; ctx: TContext } | { ok: false }> {
+  ): Promise<{ ok: true; ctx: TContext } | { ok: false; error: TRPCError }> {
     const headers = this.#headers!;
     this.#headers = null; // not kept for the connection's lifetime
     // Inside the promise: malformed connectionParams refuse the connection like any failure.
@@ -317,7 +317,7 @@ export class Connection<TContext> {
       const error = getTRPCErrorFromUnknown(cause);
       this.#respondError(null, undefined, error, "unknown", undefined, undefined);
       setTimeout(() => this.close(), 0);
-      return { ok: false as const };
+      return { ok: false as const, error };
     });
   }
 
@@ -432,7 +432,8 @@ export class Connection<TContext> {
       return;
     }
     const context = await this.#context!;
-    if (!context.ok) return;
+    // As tRPC's adapter does: every call of a refused connection gets the refusal.
+    if (!context.ok) return this.#respondError(id, jsonrpc, context.error, type, path, input);
     try {
       const data = await callProcedure({
         router: this.#server.options.router,
@@ -476,7 +477,11 @@ export class Connection<TContext> {
     // Registered before setup, so a stop or a close during setup reaches it.
     subscriptions.set(id, { stop });
     const context = await this.#context!;
-    if (!context.ok || stopped) return stop();
+    if (!context.ok) {
+      stop();
+      return this.#respondError(id, jsonrpc, context.error, "subscription", path, input);
+    }
+    if (stopped) return stop();
     let result: unknown;
     try {
       result = await callProcedure({

@@ -347,8 +347,10 @@ export class Hub {
   }
 
   #revalidate(): void {
-    // Holders still being set up check their access themselves.
-    const holders = [...this.#holders].filter(([holder]) => holder.userId !== "");
+    // Holders still being set up read their access again (their callback asks for it).
+    const all = [...this.#holders];
+    for (const [holder, onRevoke] of all) if (holder.userId === "") onRevoke("revoked");
+    const holders = all.filter(([holder]) => holder.userId !== "");
     this.#findRevoked(holders.map(([holder]) => holder)).then((revoked) => {
       for (const i of revoked) holders[i][1]("revoked");
     }).catch((error) => {

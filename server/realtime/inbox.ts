@@ -37,8 +37,10 @@ export class Inbox<T> {
     const onAbort = () => this.#wake?.();
     signal.addEventListener("abort", onAbort);
     try {
-      while (!signal.aborted) {
+      while (true) {
+        // A failure wins over a stop: it is what the consumer must learn.
         if (this.#failed) throw this.#error;
+        if (signal.aborted) break;
         if (this.#head < this.#items.length) {
           const item = this.#items[this.#head++];
           if (this.#head > 1024 && this.#head * 2 > this.#items.length) {

@@ -124,7 +124,11 @@ export const messagesRouter = router({
       try {
         let access = await openRoom(ctx.sql, ctx.tokenHash, roomId);
         holder.userId = access.userId;
-        if (recheck) access = await openRoom(ctx.sql, ctx.tokenHash, roomId);
+        // Until no leave or logout came in during the last read.
+        while (recheck) {
+          recheck = false;
+          access = await openRoom(ctx.sql, ctx.tokenHash, roomId);
+        }
         settingUp = false;
         if (signal?.aborted) throw subscriptionCancelled();
         stream.resumeAfter(resumePoint(input.lastEventId, access.lastSeq), access.lastSeq);
