@@ -153,11 +153,10 @@ async function runSingle(
   if (retryAfter) headers.set("retry-after", retryAfter);
   // From the untransformed response, as tRPC's adapter does: the error's data (httpStatus, which
   // the error formatter sets to 503 for an outage) is not under superjson's envelope there.
-  // deno-lint-ignore no-explicit-any -- tRPC's response union
-  const status = getHTTPStatusCode(
-    call.batch ? [message] : message as any,
-    error ? [error] : undefined,
-  );
+  const untransformed = (call.batch ? [message] : message) as unknown as Parameters<
+    typeof getHTTPStatusCode
+  >[0];
+  const status = getHTTPStatusCode(untransformed, error ? [error] : undefined);
   return new Response(JSON.stringify(json), { status, headers });
 }
 
