@@ -150,12 +150,6 @@ export async function listMembers(sql: Sql, roomId: string): Promise<Member[]> {
   `;
 }
 
-/** The room's last message seq (0 when empty); undefined when the room does not exist. */
-export async function getLastSeq(sql: Sql, roomId: string): Promise<number | undefined> {
-  const [row] = await sql<[{ lastSeq: number }?]>`select last_seq from rooms where id = ${roomId}`;
-  return row?.lastSeq;
-}
-
 /**
  * Each room's `last_seq` (its newest message's seq, 0 when empty), by room id; rooms that do
  * not exist are left out. One round trip whatever the number of rooms.

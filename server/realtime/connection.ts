@@ -547,7 +547,12 @@ export class Connection<TContext> {
         iterator.return?.().catch(() => {});
       }, { once: true });
     });
-    if (stopped || this.#socket.readyState !== WebSocket.OPEN) return stop();
+    if (stopped || this.#socket.readyState !== WebSocket.OPEN) {
+      // Stopped during setup: the listener above came too late to end the iterable.
+      stop();
+      iterator.return?.().catch(() => {});
+      return;
+    }
     this.#respond({ id, jsonrpc, result: { type: "started" } });
     try {
       while (true) {
