@@ -12,8 +12,10 @@ export interface AccessRequest {
 
 /** What a caller may do in a room. */
 export interface RoomAccess {
-  /** The user the token belongs to, or null when it is unknown or revoked. */
+  /** The user the token belongs to, or null when its session is unknown, expired or ended. */
   userId: string | null;
+  /** When the session expires unless used, in ms since the epoch (0 without a session). */
+  expiresAt: number;
   roomExists: boolean;
   isMember: boolean;
   /** The room's last seq (0 before its first message; 0 for an unknown room). */
@@ -36,9 +38,10 @@ export async function readRoomAccess(
     token_hash: tokenHash,
     room_id: roomId,
   }));
-  return await sql<RoomAccess[]>`
+  const rows = await sql<(RoomAccess & { expiresAt: number | null })[]>`
     select
       c.user_id,
+      (extract(epoch from c.expires_at) * 1000)::float8 as expires_at,
       r.id is not null as room_exists,
       coalesce(r.last_seq, 0) as last_seq,
       exists (
@@ -46,11 +49,13 @@ export async function readRoomAccess(
       ) as is_member
     from jsonb_to_recordset(${sql.json(items)}) as i(ord int, token_hash text, room_id uuid)
     left join lateral (
-      select t.user_id from tokens t
-      where t.hash = i.token_hash and t.revoked_at is null
+      select t.user_id, t.expires_at from tokens t
+      where t.hash = i.token_hash and t.expires_at > now() and t.revoked_at is null
       offset 0
     ) c on true
     left join lateral (select id, last_seq from rooms where id = i.room_id offset 0) r on true
     order by i.ord
   `;
+  for (const row of rows) row.expiresAt ??= 0;
+  return rows as RoomAccess[];
 }

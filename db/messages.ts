@@ -1,12 +1,16 @@
 /** Queries on messages, numbered 1, 2, 3, ... per room with no gaps. */
 import { postgres, type Sql } from "./mod.ts";
 
-/** A message as the API returns it; `username` and `avatarUrl` are the sender's at sending time. */
+/**
+ * A message as the API returns it; `username` and `avatarUrl` are the sender's at sending
+ * time. A deleted account's messages stay with `userId` null, `username` "Deleted user" and no
+ * avatar (see db/accounts.ts).
+ */
 export interface Message {
   id: string;
   roomId: string;
   seq: number;
-  userId: string;
+  userId: string | null;
   username: string;
   avatarUrl: string | null;
   content: string;
@@ -98,7 +102,8 @@ export async function sendMessages(
     -- whole tables (messages included), which grows with history.
     caller as (
       select i.*, (
-        select t.user_id from tokens t where t.hash = i.token_hash and t.revoked_at is null
+        select t.user_id from tokens t
+        where t.hash = i.token_hash and t.expires_at > now() and t.revoked_at is null
       ) as user_id
       from input i
     ),

@@ -8,6 +8,9 @@ import postgres from "postgres";
 /** A postgres.js client (or a transaction's scoped client). */
 export type Sql = postgres.Sql;
 
+/** A pool or a transaction of it (`sql.begin`): what a query that may run in either takes. */
+export type Queryable = postgres.Sql | postgres.TransactionSql;
+
 /** Options for `connect`. */
 export interface ConnectOptions {
   /** Connections in the pool (default 10). */

@@ -6,7 +6,8 @@ export interface Room {
   id: string;
   name: string;
   thumbnailUrl: string | null;
-  createdBy: string;
+  /** The creator, or null once their account was deleted. */
+  createdBy: string | null;
   createdAt: Date;
 }
 

@@ -1,10 +1,12 @@
 /**
- * Queries on users and their API tokens (stored as SHA-256 hashes only). Usernames are unique by
+ * Queries on users and the sessions their tokens open (stored as SHA-256 hashes only, see
+ * `sessions.ts`). Usernames are unique by
  * three keys (see server/username_key.ts): `username_key`, `username_skeleton_key` and
  * `username_skeleton_i_key`, each under a unique index named `users_username_…`, which every
  * write of a username sets here.
  */
 import { type UsernameKeys, usernameKeys } from "../server/username_key.ts";
+import { createSession, DEFAULT_SESSION_TTL_SECONDS, type NewSession } from "./sessions.ts";
 import type { Sql } from "./mod.ts";
 
 /** A user as the API returns it. */
@@ -12,42 +14,97 @@ export interface User {
   id: string;
   username: string;
   avatarUrl: string | null;
+  /** False for a guest account, reachable only through its sessions until it sets a password. */
+  hasPassword: boolean;
   createdAt: Date;
 }
 
+/** A new user and the session it starts with. */
+export interface NewUser {
+  username: string;
+  avatarUrl: string | null;
+  /** A PHC string from server/password.ts, or null for a guest account. */
+  passwordHash: string | null;
+  /** The first session (its `userId` is the new user's). */
+  session: Omit<NewSession, "userId">;
+  /** An identity provider's (issuer, subject) this user is found by, if any. */
+  identity?: { issuer: string; subject: string };
+}
+
 /**
- * Creates a user and its first token (given as a hash) in one transaction. A name one of whose
- * keys another user holds fails with a unique violation on that key's `users_username_…` index.
+ * Creates a user, its identity if any, and its first session in one transaction. A name one of
+ * whose keys another user holds fails with a unique violation on that key's `users_username_…`
+ * index; an identity already taken fails with one on `identities_pkey`.
+ */
+export async function createAccount(
+  sql: Sql,
+  input: NewUser,
+): Promise<{ user: User; expiresAt: Date }> {
+  // A new user has no other session to drop.
+  const keys = usernameKeys(input.username);
+  return await sql.begin(async (sql) => {
+    const [user] = await sql<[User]>`
+      insert into users (
+        username, username_key, username_skeleton_key, username_skeleton_i_key, avatar_url,
+        password_hash
+      )
+      values (
+        ${input.username}, ${keys.key}, ${keys.skeleton}, ${keys.skeletonI}, ${input.avatarUrl},
+        ${input.passwordHash}
+      )
+      returning id, username, avatar_url, password_hash is not null as has_password, created_at
+    `;
+    if (input.identity) {
+      await sql`
+        insert into identities (issuer, subject, user_id)
+        values (${input.identity.issuer}, ${input.identity.subject}, ${user.id})
+      `;
+    }
+    const { expiresAt } = await createSession(sql, { ...input.session, userId: user.id });
+    return { user, expiresAt };
+  });
+}
+
+/** The user with this id. */
+export async function getUser(sql: Sql, id: string): Promise<User | undefined> {
+  const [user] = await sql<[User?]>`
+    select id, username, avatar_url, password_hash is not null as has_password, created_at
+    from users where id = ${id}
+  `;
+  return user;
+}
+
+/**
+ * Creates a guest user and its first session (given by its token's hash) with the default
+ * lifetime: `createAccount` in its simplest form.
  */
 export async function createUser(
   sql: Sql,
   input: { username: string; avatarUrl: string | null; tokenHash: string },
 ): Promise<User> {
-  const keys = usernameKeys(input.username);
-  return await sql.begin(async (sql) => {
-    const [user] = await sql<[User]>`
-      insert into users (
-        username, username_key, username_skeleton_key, username_skeleton_i_key, avatar_url
-      )
-      values (
-        ${input.username}, ${keys.key}, ${keys.skeleton}, ${keys.skeletonI}, ${input.avatarUrl}
-      )
-      returning id, username, avatar_url, created_at
-    `;
-    await sql`insert into tokens (hash, user_id) values (${input.tokenHash}, ${user.id})`;
-    return user;
+  const { user } = await createAccount(sql, {
+    username: input.username,
+    avatarUrl: input.avatarUrl,
+    passwordHash: null,
+    session: {
+      tokenHash: input.tokenHash,
+      userAgent: null,
+      ttlSeconds: DEFAULT_SESSION_TTL_SECONDS,
+    },
   });
+  return user;
 }
 
-/** The user owning an unrevoked token with this hash. */
+/** The user owning a live session with this token hash. */
 export async function findUserByTokenHash(
   sql: Sql,
   tokenHash: string,
 ): Promise<User | undefined> {
   const [user] = await sql<[User?]>`
-    select u.id, u.username, u.avatar_url, u.created_at
+    select u.id, u.username, u.avatar_url, u.password_hash is not null as has_password,
+      u.created_at
     from tokens t join users u on u.id = t.user_id
-    where t.hash = ${tokenHash} and t.revoked_at is null
+    where t.hash = ${tokenHash} and t.expires_at > now() and t.revoked_at is null
   `;
   return user;
 }
@@ -75,7 +132,7 @@ export async function updateUser(
   },
       avatar_url = ${patch.avatarUrl === undefined ? sql`avatar_url` : patch.avatarUrl}
     where id = ${id}
-    returning id, username, avatar_url, created_at
+    returning id, username, avatar_url, password_hash is not null as has_password, created_at
   `;
   return user;
 }
@@ -163,42 +220,54 @@ export async function fillUsernameKeys(sql: Sql): Promise<FilledUsernameKeys> {
   });
 }
 
-/** Revokes one token; true when it was active. */
-export async function revokeToken(
-  sql: Sql,
-  tokenHash: string,
-): Promise<boolean> {
-  const rows = await sql`
-    update tokens set revoked_at = now()
-    where hash = ${tokenHash} and revoked_at is null
-    returning hash
-  `;
-  return rows.length > 0;
-}
-
-/** One subscriber's claim to a room, as checked by `findRevoked`. */
+/** One subscriber's claim to a room, as checked by `checkClaims`. */
 export interface AccessClaim {
   roomId: string;
   userId: string;
   tokenHash: string;
 }
 
-/** The indexes of the claims whose token was revoked or whose membership is gone. */
-export async function findRevoked(sql: Sql, claims: AccessClaim[]): Promise<number[]> {
+/** What `checkClaims` found for one claim. */
+export interface ClaimState {
+  /** False when the session ended (revoked, expired, or the account deleted). */
+  session: boolean;
+  /** False when the user is no longer a member of the room. */
+  member: boolean;
+  /** When the session expires, in ms since the epoch (0 when it ended). */
+  expiresAt: number;
+}
+
+/** Reads each claim's session and membership in one query; results in the order of `claims`. */
+export async function checkClaims(sql: Sql, claims: readonly AccessClaim[]): Promise<ClaimState[]> {
   if (claims.length === 0) return [];
   // Claims travel as JSON: the pool does not fetch array types (db/mod.ts), so sql.array is out.
-  const rows = await sql<{ i: string }[]>`
-    select c.i - 1 as i
-    from jsonb_array_elements(
-      ${sql.json(claims.map((c) => [c.roomId, c.userId, c.tokenHash]))}
-    ) with ordinality as c(claim, i)
-    where not exists (
-        select 1 from room_members m
-        where m.room_id = (c.claim ->> 0)::uuid and m.user_id = (c.claim ->> 1)::uuid
-      )
-      or not exists (
-        select 1 from tokens t where t.hash = c.claim ->> 2 and t.revoked_at is null
-      )
+  // Lookups by key per claim (`offset 0`): the planner assumes 100 rows from jsonb_to_recordset.
+  const items = claims.map((c, ord) => ({
+    ord,
+    room_id: c.roomId,
+    user_id: c.userId,
+    token_hash: c.tokenHash,
+  }));
+  const rows = await sql<{ session: boolean; member: boolean; expiresAt: number | null }[]>`
+    select
+      s.expires_at is not null as session,
+      exists (
+        select 1 from room_members m where m.room_id = c.room_id and m.user_id = c.user_id
+      ) as member,
+      (extract(epoch from s.expires_at) * 1000)::float8 as expires_at
+    from jsonb_to_recordset(${
+    sql.json(items)
+  }) as c(ord int, room_id uuid, user_id uuid, token_hash text)
+    left join lateral (
+      select t.expires_at from tokens t
+      where t.hash = c.token_hash and t.expires_at > now() and t.revoked_at is null
+      offset 0
+    ) s on true
+    order by c.ord
   `;
-  return rows.map((row) => Number(row.i));
+  return rows.map((row) => ({
+    session: row.session,
+    member: row.member,
+    expiresAt: row.expiresAt ?? 0,
+  }));
 }

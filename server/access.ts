@@ -1,16 +1,18 @@
 /**
- * Access checks, in one place for procedures, subscriptions and revalidation: who holds a
- * token, whether a room exists, whether they are a member. Every check reads Postgres (a
- * logout or a leave on another instance counts at once); the only thing remembered is which
- * user a token belongs to, which never changes (whether it is still valid is always read).
+ * Access checks, in one place for procedures, subscriptions and revalidation: whose live
+ * session a token opens, whether a room exists, whether they are a member. Every check reads
+ * Postgres (a sign-out, an expiry or a leave on another instance counts at once); the only
+ * thing remembered is which user a token belongs to, which never changes (whether its session
+ * is still live is always read).
  */
 import { type AccessRequest, readRoomAccess, type RoomAccess } from "../db/access.ts";
 import type { Sql } from "../db/mod.ts";
 import { getMembership, type MemberKey } from "../db/rooms.ts";
-import { findRevoked, findUserByTokenHash, type User } from "../db/users.ts";
+import { checkClaims, findUserByTokenHash, type User } from "../db/users.ts";
 import { Batcher } from "./batcher.ts";
 import { databaseUnavailable, notMember, roomNotFound, unauthenticated } from "./errors.ts";
-import type { Holder } from "./realtime/hub.ts";
+import type { Holder, HolderState } from "./realtime/hub.ts";
+import type { SessionKeeper } from "./sessions.ts";
 
 /** Most token-to-user pairs remembered (about 150 bytes each). */
 const KNOWN_TOKENS_MAX = 100_000;
@@ -26,8 +28,9 @@ function remember(tokenHash: string, userId: string): void {
 }
 
 /**
- * The user holding the token whose SHA-256 is `tokenHash`, read now.
- * @throws `UNAUTHORIZED` (`unauthenticated`) when there is no token, or it is unknown or revoked.
+ * The user whose live session the token whose SHA-256 is `tokenHash` opens, read now.
+ * @throws `UNAUTHORIZED` (`unauthenticated`) when there is no token, or its session is
+ * unknown, expired or ended.
  */
 export async function authenticate(sql: Sql, tokenHash: string | null): Promise<User> {
   const user = tokenHash ? await findUserByTokenHash(sql, tokenHash) : undefined;
@@ -73,15 +76,16 @@ const accessBatchers = new WeakMap<Sql, Batcher<AccessRequest, RoomAccess>>();
 
 /**
  * Opens a room to a subscriber in one round trip (shared with the subscribers opening at the
- * same time): the token is valid, the room exists and the token's user is a member. Returns
- * the user's id and the room's last seq.
+ * same time): the token's session is live, the room exists and the token's user is a member.
+ * Returns the user's id, when the session expires unless used (ms since the epoch) and the
+ * room's last seq.
  * @throws `UNAUTHORIZED`, `NOT_FOUND` or `FORBIDDEN` as `authenticate` and `requireMember`.
  */
 export async function openRoom(
   sql: Sql,
   tokenHash: string | null,
   roomId: string,
-): Promise<{ userId: string; lastSeq: number }> {
+): Promise<{ userId: string; expiresAt: number; lastSeq: number }> {
   if (!tokenHash) throw unauthenticated();
   let batcher = accessBatchers.get(sql);
   if (!batcher) {
@@ -97,13 +101,18 @@ export async function openRoom(
   remember(tokenHash, access.userId);
   if (!access.roomExists) throw roomNotFound(roomId);
   if (!access.isMember) throw notMember();
-  return { userId: access.userId, lastSeq: access.lastSeq };
+  return { userId: access.userId, expiresAt: access.expiresAt, lastSeq: access.lastSeq };
 }
 
 /**
- * Revalidation: the indexes of the holders whose access ended (they left the room, or their
- * token was revoked), read in one query.
+ * Revalidation: each holder's session and membership, read in one query after the uses
+ * recorded so far are written (a session used lately is not found expired).
  */
-export async function findRevokedHolders(sql: Sql, holders: Holder[]): Promise<number[]> {
-  return await findRevoked(sql, holders);
+export async function checkHolders(
+  sql: Sql,
+  sessions: SessionKeeper,
+  holders: Holder[],
+): Promise<HolderState[]> {
+  await sessions.flush();
+  return await checkClaims(sql, holders);
 }

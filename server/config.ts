@@ -1,5 +1,7 @@
 import { type AbuseLimits, DEFAULT_ABUSE_LIMITS, type Rate } from "./limits.ts";
+import type { IdTokenSettings } from "./id_token.ts";
 import { createOriginPolicy, type OriginPolicy } from "./origin.ts";
+import { DEFAULT_SESSION_TTL_SECONDS } from "./sessions.ts";
 
 /** Server configuration, parsed and validated once at startup. */
 export interface Config {
@@ -26,8 +28,18 @@ export interface Config {
    * lowercase), or null to use the TCP peer's address.
    */
   clientAddressHeader: string | null;
+  /** Accounts: session lifetime and the identity provider, if any. */
+  accounts: AccountSettings;
   /** Lines to print at startup about defaults that were applied. */
   warnings: string[];
+}
+
+/** How sessions live and whom `auth.exchange` trusts. */
+export interface AccountSettings {
+  /** A session's lifetime after its last use, in seconds (`SESSION_TTL`, default 30 days). */
+  sessionTtlSeconds: number;
+  /** The identity provider `auth.exchange` trusts (`AUTH_*`), or null: exchange is off. */
+  idTokens: IdTokenSettings | null;
 }
 
 /** The allowlist used when `ALLOWED_ORIGINS` is unset: a local Next.js dev server. */
@@ -124,6 +136,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     );
   }
 
+  const accounts = parseAccounts(env, problems);
+
   if (problems.length > 0 || !origins) throw new ConfigError(problems);
   return {
     port,
@@ -136,8 +150,70 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     logFormat: logFormat as "json" | "text",
     limits,
     clientAddressHeader,
+    accounts,
     warnings,
   };
+}
+
+/** Longest `SESSION_TTL`, in seconds: ten years. */
+const MAX_SESSION_TTL_SECONDS = 10 * 365 * 24 * 3600;
+
+/** Shortest `AUTH_JWT_SECRET`: 32 bytes, the key size HS256 needs (RFC 7518 §3.2). */
+const MIN_JWT_SECRET_BYTES = 32;
+
+/** Reads `SESSION_TTL` and the identity provider's `AUTH_*` settings. */
+function parseAccounts(
+  env: Record<string, string | undefined>,
+  problems: string[],
+): AccountSettings {
+  let sessionTtlSeconds = DEFAULT_SESSION_TTL_SECONDS;
+  const ttlText = env.SESSION_TTL?.trim();
+  if (ttlText) {
+    const n = Number(ttlText);
+    if (!/^\d{1,10}$/.test(ttlText) || n < 1 || n > MAX_SESSION_TTL_SECONDS) {
+      problems.push(
+        `SESSION_TTL must be a whole number of seconds from 1 to ${MAX_SESSION_TTL_SECONDS}, got "${ttlText}"`,
+      );
+    } else sessionTtlSeconds = n;
+  }
+  const jwksUrl = env.AUTH_JWKS_URL?.trim() || null;
+  const secret = env.AUTH_JWT_SECRET?.trim() || null;
+  const issuer = env.AUTH_ISSUER?.trim() || null;
+  const audiences = (env.AUTH_AUDIENCE ?? "").split(",").map((a) => a.trim()).filter(Boolean);
+  if (!jwksUrl && !secret) {
+    if (issuer || audiences.length > 0) {
+      problems.push("AUTH_ISSUER and AUTH_AUDIENCE need AUTH_JWKS_URL or AUTH_JWT_SECRET");
+    }
+    return { sessionTtlSeconds, idTokens: null };
+  }
+  if (jwksUrl && secret) {
+    problems.push("Set AUTH_JWKS_URL or AUTH_JWT_SECRET, not both");
+  }
+  if (jwksUrl && !isJwksUrl(jwksUrl)) {
+    problems.push(
+      "AUTH_JWKS_URL must be an https:// URL (http:// only for localhost, 127.0.0.1 or [::1])",
+    );
+  }
+  if (secret && new TextEncoder().encode(secret).length < MIN_JWT_SECRET_BYTES) {
+    problems.push(`AUTH_JWT_SECRET must be at least ${MIN_JWT_SECRET_BYTES} bytes (HS256)`);
+  }
+  if (!issuer) problems.push("AUTH_ISSUER is required with AUTH_JWKS_URL or AUTH_JWT_SECRET");
+  if (audiences.length === 0) {
+    problems.push("AUTH_AUDIENCE is required with AUTH_JWKS_URL or AUTH_JWT_SECRET");
+  }
+  return {
+    sessionTtlSeconds,
+    idTokens: { jwksUrl, secret: jwksUrl ? null : secret, issuer: issuer ?? "", audiences },
+  };
+}
+
+function isJwksUrl(value: string): boolean {
+  if (!URL.canParse(value)) return false;
+  const url = new URL(value);
+  if (url.username !== "" || url.password !== "") return false;
+  if (url.protocol === "https:") return true;
+  return url.protocol === "http:" &&
+    ["localhost", "127.0.0.1", "[::1]"].includes(url.hostname);
 }
 
 /** The environment variable of each abuse limit; the README's limits table lists the same. */
@@ -146,6 +222,7 @@ const RATE_VARIABLES = {
   joins: "RATE_LIMIT_JOINS",
   creates: "RATE_LIMIT_CREATES",
   signups: "RATE_LIMIT_SIGNUPS",
+  signIns: "RATE_LIMIT_SIGN_INS",
   connectionWrites: "RATE_LIMIT_CONNECTION_WRITES",
 } as const;
 

@@ -8,12 +8,14 @@ import type { User } from "../db/users.ts";
 import { authenticate } from "./access.ts";
 import { hashToken, parseBearer, parseToken } from "./auth.ts";
 import { clip } from "./clip.ts";
+import type { IdTokenVerifier } from "./id_token.ts";
 import type { Hub } from "./realtime/hub.ts";
 import type { AbuseLimits } from "./limits.ts";
 import type { Logger } from "./log.ts";
 import type { OriginPolicy } from "./origin.ts";
 import type { WriteLimiter } from "./rate_limit.ts";
 import type { SendQueue } from "./send_queue.ts";
+import type { SessionKeeper } from "./sessions.ts";
 
 /** What context creation needs from the running server. */
 export interface ContextDeps {
@@ -25,6 +27,10 @@ export interface ContextDeps {
   writes: WriteLimiter;
   /** The per-room bulkhead of the send path. */
   sendQueue: SendQueue;
+  /** Extends sessions on use; knows their lifetime. */
+  sessions: SessionKeeper;
+  /** Verifies the identity provider's tokens for `auth.exchange`, or null when it is off. */
+  idTokens: IdTokenVerifier | null;
 }
 
 /** The connection a call came over: one WebSocket, or for HTTP the client address. */
@@ -73,13 +79,20 @@ export function createContext(deps: ContextDeps, opts: ContextInput) {
   // Read lazily, by the procedures that need the user: a send or a subscription checks the
   // token in its own statement, and an HTTP request reads it at most once for its batch.
   let lookup: Promise<User> | null = null;
+  const read = async () => {
+    const user = await authenticate(deps.sql, tokenHash);
+    deps.sessions.used(tokenHash!);
+    return user;
+  };
   const caller: Caller = {
     user() {
-      if (opts.transport === "ws") return authenticate(deps.sql, tokenHash);
-      lookup ??= authenticate(deps.sql, tokenHash);
+      if (opts.transport === "ws") return read();
+      lookup ??= read();
       return lookup;
     },
   };
+  // Shown in auth.sessions to tell devices apart; over WebSocket, the upgrade request's.
+  const userAgent = opts.req.headers.get("user-agent")?.slice(0, 256) || null;
   return {
     sql: deps.sql,
     log: deps.log,
@@ -87,6 +100,9 @@ export function createContext(deps: ContextDeps, opts: ContextInput) {
     limits: deps.limits,
     writes: deps.writes,
     sendQueue: deps.sendQueue,
+    sessions: deps.sessions,
+    idTokens: deps.idTokens,
+    userAgent,
     transport: opts.transport,
     address: opts.address,
     connection: {
@@ -104,7 +120,8 @@ export interface Caller {
   /**
    * The user holding the context's token, read from Postgres (once per HTTP request; on every
    * call over WebSocket, where the context lives as long as the connection).
-   * @throws `UNAUTHORIZED` when there is no token, or it is unknown or revoked.
+   * A successful read counts as a use of the session (it is extended, see sessions.ts).
+   * @throws `UNAUTHORIZED` when there is no token, or its session is unknown, expired or ended.
    */
   user(): Promise<User>;
 }

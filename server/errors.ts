@@ -37,26 +37,70 @@ export function notMember(): TRPCError {
   });
 }
 
-/** `UNAUTHORIZED`: no token, or one that is unknown or revoked. */
+/** `UNAUTHORIZED`: no token, or one whose session is unknown, expired or ended. */
 export function unauthenticated(): TRPCError {
   return new TRPCError({
     code: "UNAUTHORIZED",
-    message: "Authentication required: send a valid token (Authorization: Bearer <token>, " +
-      "or connectionParams.token over WebSocket)",
+    message: "Authentication required: send the token of a live session " +
+      "(Authorization: Bearer <token>, or connectionParams.token over WebSocket); " +
+      "an expired or ended session needs a new sign-in (auth.signIn or auth.exchange)",
   });
 }
 
-/** `UNAUTHORIZED`: the token was revoked while in use. */
-export function tokenRevoked(): TRPCError {
-  return new TRPCError({ code: "UNAUTHORIZED", message: "Token was revoked: sign in again" });
+/** `UNAUTHORIZED`: the session ended while in use (signed out, revoked, expired, account deleted). */
+export function sessionEnded(): TRPCError {
+  return new TRPCError({
+    code: "UNAUTHORIZED",
+    message: "Session ended (signed out, revoked, expired or account deleted): sign in again",
+  });
 }
 
 /**
- * Why a subscription ended when its holder lost access: `UNAUTHORIZED` (`tokenRevoked`) after a
- * logout, `FORBIDDEN` after leaving the room or when revalidation found access gone.
+ * `UNAUTHORIZED` for a sign-in that failed: the same error, whether the username is unknown,
+ * the account has no password or the password is wrong.
+ */
+export function signInFailed(): TRPCError {
+  return new TRPCError({ code: "UNAUTHORIZED", message: "Wrong username or password" });
+}
+
+/** `UNAUTHORIZED` for an identity token that cannot be trusted; `why` says what was wrong. */
+export function idTokenRefused(why: string): TRPCError {
+  return new TRPCError({ code: "UNAUTHORIZED", message: `Identity token refused: ${why}` });
+}
+
+/** `BAD_REQUEST`: the username is reserved (the name shown for deleted accounts). */
+export function usernameReserved(): TRPCError {
+  return new TRPCError({
+    code: "BAD_REQUEST",
+    message: "Username is reserved: it is what deleted accounts are shown as",
+  });
+}
+
+/** `TOO_MANY_REQUESTS`: too many failed sign-ins for this username lately. */
+export function signInLocked(retryAfterMs: number): RetryableError {
+  const minutes = Math.max(1, Math.ceil(retryAfterMs / 60_000));
+  return new RetryableError(
+    "TOO_MANY_REQUESTS",
+    `Too many failed sign-ins for this username: try again in ${minutes} min`,
+    retryAfterMs,
+  );
+}
+
+/** `SERVICE_UNAVAILABLE`: too many password checks are waiting; retry shortly. */
+export function passwordChecksBusy(): RetryableError {
+  return new RetryableError(
+    "SERVICE_UNAVAILABLE",
+    "Too many sign-ins at once: retry shortly",
+    1000,
+  );
+}
+
+/**
+ * Why a subscription ended when its holder lost access: `UNAUTHORIZED` (`sessionEnded`) after
+ * the session ended, `FORBIDDEN` after leaving the room or when revalidation found access gone.
  */
 export function accessEnded(reason: "left" | "logged_out" | "revoked"): TRPCError {
-  if (reason === "logged_out") return tokenRevoked();
+  if (reason === "logged_out") return sessionEnded();
   return new TRPCError({
     code: "FORBIDDEN",
     message: reason === "left" ? "You left this room" : "Access to this room ended",

@@ -45,6 +45,14 @@ export const MAX_CALLS_IN_FLIGHT = 64;
  */
 export const MAX_PAGE_CONTENT_BYTES = 256 * 1024;
 
+/**
+ * Failed sign-ins for one username (counted on every instance, in Postgres) after which its
+ * sign-ins are refused with `TOO_MANY_REQUESTS` until the window, which starts at the first
+ * failure, has passed; other usernames are not affected. Wrong current passwords given to
+ * `users.setPassword` and `users.delete` count too.
+ */
+export const SIGN_IN_LOCKOUT = { maxFailures: 10, windowSeconds: 15 * 60 } as const;
+
 /** A rate: at most `points` calls in any window of `seconds` (fixed windows per key). */
 export interface Rate {
   points: number;
@@ -61,10 +69,12 @@ export interface AbuseLimits {
   sends: Rate | null;
   /** `rooms.join` and `rooms.leave`, per user. */
   joins: Rate | null;
-  /** `rooms.create`, `rooms.update`, `users.update` and `users.logout`, per user. */
+  /** `rooms.create`, `rooms.update`, `users.update`, `users.setPassword` and `users.delete`, per user (sign-out and revocation are never limited). */
   creates: Rate | null;
   /** `users.create` (sign-up), per client address. */
   signups: Rate | null;
+  /** `auth.signIn` and `auth.exchange`, per client address (see also `SIGN_IN_LOCKOUT`). */
+  signIns: Rate | null;
   /** Every write over one WebSocket connection (over HTTP, the user's rates apply). */
   connectionWrites: Rate | null;
   /** Most open subscriptions on one WebSocket. */
@@ -81,6 +91,7 @@ export const DEFAULT_ABUSE_LIMITS: Readonly<AbuseLimits> = {
   joins: { points: 30, seconds: 60 },
   creates: { points: 30, seconds: 60 },
   signups: { points: 60, seconds: 60 },
+  signIns: { points: 30, seconds: 60 },
   connectionWrites: { points: 150, seconds: 10 },
   subscriptionsPerSocket: 100,
   connectionsPerAddress: 100,

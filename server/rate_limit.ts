@@ -7,11 +7,11 @@ import { rateLimited } from "./errors.ts";
 import type { AbuseLimits, Rate } from "./limits.ts";
 
 /** The kinds of write that have a rate of their own. */
-export type WriteKind = "sends" | "joins" | "creates" | "signups";
+export type WriteKind = "sends" | "joins" | "creates" | "signups" | "signIns";
 
 /** Who a write is counted against: the acting user (absent for sign-ups) and the connection. */
 export interface WriteKeys {
-  /** The user's id; sign-ups, which have none, count against the client address instead. */
+  /** The user's id; sign-ups and sign-ins, which have none, count against the client address. */
   userId: string | null;
   /**
    * The WebSocket connection (`ws:<uuid>`), or null over HTTP, where a "connection" would be
@@ -27,6 +27,7 @@ const WHAT: Record<WriteKind, string> = {
   joins: "too many joins and leaves",
   creates: "too many creates and updates",
   signups: "too many sign-ups from this address",
+  signIns: "too many sign-ins from this address",
 };
 
 /** The per-instance write limiter. */
@@ -48,7 +49,7 @@ export class WriteLimiter {
    */
   async consume(kind: WriteKind, keys: WriteKeys): Promise<void> {
     const kindLimiter = this.#kinds.get(kind);
-    const key = kind === "signups" ? `a:${keys.address}` : `u:${keys.userId}`;
+    const key = keys.userId === null ? `a:${keys.address}` : `u:${keys.userId}`;
     let what = WHAT[kind];
     try {
       await kindLimiter?.consume(key);

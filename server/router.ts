@@ -1,6 +1,7 @@
 /** The root router: every resource's router, merged. */
 import { TRPCError } from "@trpc/server";
 import { ping } from "../db/mod.ts";
+import { authRouter } from "./routers/auth.ts";
 import { messagesRouter } from "./routers/messages.ts";
 import { roomsRouter } from "./routers/rooms.ts";
 import { usersRouter } from "./routers/users.ts";
@@ -18,6 +19,7 @@ export const appRouter = router({
     return { status: "ok" as const, db: "ok" as const };
   }),
   users: usersRouter,
+  auth: authRouter,
   rooms: roomsRouter,
   messages: messagesRouter,
 });

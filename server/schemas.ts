@@ -98,6 +98,38 @@ function isImageUrl(value: string): boolean {
     (url.hostname === "localhost" || url.hostname === "127.0.0.1");
 }
 
+/**
+ * A password: 8 to 256 characters (code points) after NFKC normalisation, any Unicode, no
+ * composition rules and no trimming, as NIST SP 800-63B §5.1.1.2 recommends. The value given
+ * on is the normalised one (see server/password.ts). Never logged: errors name the rule only.
+ */
+export const password = text
+  .transform((s) => s.normalize("NFKC"))
+  .refine(
+    (s) => length(s) >= 8 && length(s) <= 256,
+    "Password must be 8 to 256 characters",
+  );
+
+/**
+ * A password given to be checked (sign-in, current password): any text of 1 to 1024
+ * characters, NFKC-normalised. Creation rules are not applied: a wrong guess is
+ * `UNAUTHORIZED` like any other, never a hint about the rules.
+ */
+export const passwordAttempt = text
+  .transform((s) => s.normalize("NFKC"))
+  .refine(
+    (s) => s.length >= 1 && length(s) <= 1024,
+    "Password must be 1 to 1024 characters",
+  );
+
+/**
+ * A username given to sign in: any text of 1 to 64 characters, trimmed. A name the rules of
+ * `username` would refuse cannot exist, and gets the same `UNAUTHORIZED` as any unknown one.
+ */
+export const signInName = text
+  .transform((s) => s.trim())
+  .refine((s) => s.length >= 1 && length(s) <= 64, "Username must be 1 to 64 characters");
+
 /** A room name: trimmed, 1..80 characters, no control characters. */
 export const roomName = text
   .transform((s) => s.trim())

@@ -7,7 +7,10 @@
  */
 import { isTransientDatabaseError, type Sql } from "../db/mod.ts";
 import { createApp, type SocketOptions } from "./app.ts";
-import { findRevokedHolders } from "./access.ts";
+import { checkHolders } from "./access.ts";
+import type { AccountSettings } from "./config.ts";
+import { createIdTokenVerifier } from "./id_token.ts";
+import { preparePasswordChecks } from "./password.ts";
 import { type Broadcast, LocalBroadcast, PostgresBroadcast } from "./realtime/broadcast.ts";
 import { dataFrameSuffix } from "./realtime/direct_stream.ts";
 import { Hub, type HubTimings } from "./realtime/hub.ts";
@@ -16,6 +19,7 @@ import { type AbuseLimits, DEFAULT_ABUSE_LIMITS } from "./limits.ts";
 import type { Logger } from "./log.ts";
 import type { OriginPolicy } from "./origin.ts";
 import { WriteLimiter } from "./rate_limit.ts";
+import { DEFAULT_SESSION_TTL_SECONDS, SessionKeeper } from "./sessions.ts";
 
 /** What `serve` needs. */
 export interface ServeOptions {
@@ -40,6 +44,8 @@ export interface ServeOptions {
   limits?: AbuseLimits;
   /** The header a trusted proxy puts the client address in (default: none, the TCP peer). */
   clientAddressHeader?: string | null;
+  /** Session lifetime and the identity provider (defaults: 30 days, no provider). */
+  accounts?: Partial<AccountSettings>;
   /**
    * Work before the API serves calls (main.ts migrates here). A database or network outage
    * is retried with backoff; any other failure rejects `ready`.
@@ -82,11 +88,20 @@ export interface RunningServer {
 
 /** Serves the API until `shutdown` is called. */
 export async function serve(options: ServeOptions): Promise<RunningServer> {
-  const hub = createHub(options);
+  const sessions = new SessionKeeper(
+    options.sql,
+    options.log,
+    options.accounts?.sessionTtlSeconds ?? DEFAULT_SESSION_TTL_SECONDS,
+  );
+  const hub = createHub({ ...options, sessions });
   const limits = options.limits ?? DEFAULT_ABUSE_LIMITS;
+  const idTokenSettings = options.accounts?.idTokens ?? null;
+  void preparePasswordChecks();
   const app = createApp({
     ...options,
     hub,
+    sessions,
+    idTokens: idTokenSettings ? createIdTokenVerifier(idTokenSettings) : null,
     limits,
     writes: new WriteLimiter(limits),
     clientAddressHeader: options.clientAddressHeader ?? null,
@@ -168,6 +183,7 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
       ]);
       clearTimeout(timer);
       await hub.close();
+      await sessions.close();
     },
   };
 }
@@ -210,8 +226,12 @@ async function retryWhileUnavailable(
  * @throws TypeError when `crossInstance` is on and no `listenUrl` is given.
  */
 export function createHub(
-  options: Pick<ServeOptions, "sql" | "log" | "crossInstance" | "listenUrl" | "hubTimings">,
+  options:
+    & Pick<ServeOptions, "sql" | "log" | "crossInstance" | "listenUrl" | "hubTimings">
+    & { sessions?: SessionKeeper },
 ): Hub {
+  const sessions = options.sessions ??
+    new SessionKeeper(options.sql, options.log, DEFAULT_SESSION_TTL_SECONDS);
   const crossInstance = options.crossInstance ?? true;
   if (crossInstance && options.listenUrl === undefined) {
     throw new TypeError("Cannot listen for other instances: no listenUrl was given");
@@ -229,7 +249,7 @@ export function createHub(
   return new Hub(options.sql, options.log, {
     broadcast,
     encode: (message) => dataFrameSuffix(serialize, String(message.seq), message),
-    findRevoked: (holders) => findRevokedHolders(options.sql, holders),
+    checkHolders: (holders) => checkHolders(options.sql, sessions, holders),
     reconcileMs: options.hubTimings?.reconcileMs,
   });
 }

@@ -140,14 +140,24 @@ export const authedProcedure = publicProcedure.use(
  * A write by an anonymous caller (sign-up), counted against the client address and the
  * connection; over the rate it is `TOO_MANY_REQUESTS` with `data.retryAfterMs`.
  */
-export const signupProcedure = publicProcedure.use(async function limitSignups({ ctx, next }) {
-  await ctx.writes.consume("signups", {
-    userId: null,
-    connection: ctx.connection.key,
-    address: ctx.address,
+export const signupProcedure = anonymousWriteProcedure("signups");
+
+/**
+ * A sign-in by an anonymous caller (`auth.signIn`, `auth.exchange`), counted like a sign-up
+ * against its own rate.
+ */
+export const signInProcedure = anonymousWriteProcedure("signIns");
+
+function anonymousWriteProcedure(kind: "signups" | "signIns") {
+  return publicProcedure.use(async function limitAnonymousWrites({ ctx, next }) {
+    await ctx.writes.consume(kind, {
+      userId: null,
+      connection: ctx.connection.key,
+      address: ctx.address,
+    });
+    return next();
   });
-  return next();
-});
+}
 
 /**
  * An authed write of `kind`, counted against the user's rate and the connection's before any

@@ -179,3 +179,15 @@ function nfkcCasefold(text: string): string {
 function skeleton(text: string): string {
   return unhomoglyph(text.normalize("NFD").replace(DEFAULT_IGNORABLE, "")).normalize("NFD");
 }
+
+/** Names no account may take: the name a deleted account's messages show (db/accounts.ts). */
+const RESERVED = [usernameKeys("Deleted user")];
+
+/** True when `username` is, or looks like, a reserved name (by any of its keys). */
+export function isReservedUsername(username: string): boolean {
+  const keys = usernameKeys(username);
+  return RESERVED.some((reserved) =>
+    reserved.key === keys.key || reserved.skeleton === keys.skeleton ||
+    reserved.skeletonI === keys.skeletonI
+  );
+}

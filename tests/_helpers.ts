@@ -18,6 +18,7 @@ import { migrate } from "../db/migrate.ts";
 import { fillUsernameKeys } from "../db/users.ts";
 import type { SocketOptions } from "../server/app.ts";
 import type { HubTimings } from "../server/realtime/hub.ts";
+import type { AccountSettings } from "../server/config.ts";
 import { type AbuseLimits, DEFAULT_ABUSE_LIMITS } from "../server/limits.ts";
 import type { LogFields, Logger } from "../server/log.ts";
 import { createOriginPolicy } from "../server/origin.ts";
@@ -135,6 +136,7 @@ export const BULK_LIMITS: Partial<AbuseLimits> = {
   joins: null,
   creates: null,
   signups: null,
+  signIns: null,
   connectionWrites: null,
 };
 
@@ -144,6 +146,7 @@ export const BULK_LIMITS_ENV: Record<string, string> = {
   RATE_LIMIT_JOINS: "off",
   RATE_LIMIT_CREATES: "off",
   RATE_LIMIT_SIGNUPS: "off",
+  RATE_LIMIT_SIGN_INS: "off",
   RATE_LIMIT_CONNECTION_WRITES: "off",
 };
 
@@ -159,6 +162,8 @@ export async function startTestEnv(
     limits?: Partial<AbuseLimits>;
     clientAddressHeader?: string;
     hubTimings?: Partial<HubTimings>;
+    /** Session lifetime and identity provider (defaults: 30 days, none). */
+    accounts?: Partial<AccountSettings>;
     /** Called with every statement the server's pool sends. */
     onStatement?: (query: string) => void;
   } = {},
@@ -180,6 +185,7 @@ export async function startTestEnv(
     hubTimings: options.hubTimings,
     limits: { ...DEFAULT_ABUSE_LIMITS, ...options.limits },
     clientAddressHeader: options.clientAddressHeader ?? null,
+    accounts: options.accounts,
   });
   await server.ready;
   return {

@@ -3,6 +3,7 @@ import { connect } from "../db/mod.ts";
 import { createOriginPolicy } from "../server/origin.ts";
 import { createApp } from "../server/app.ts";
 import { createHub } from "../server/serve.ts";
+import { DEFAULT_SESSION_TTL_SECONDS, SessionKeeper } from "../server/sessions.ts";
 import type { Sql } from "../db/mod.ts";
 import { client, errorCode, memoryLogger, startTestEnv } from "./_helpers.ts";
 import { DEFAULT_ABUSE_LIMITS } from "../server/limits.ts";
@@ -88,6 +89,8 @@ function serveApp(sql: Sql) {
     limits: DEFAULT_ABUSE_LIMITS,
     writes: new WriteLimiter(DEFAULT_ABUSE_LIMITS),
     clientAddressHeader: null,
+    sessions: new SessionKeeper(sql, log, DEFAULT_SESSION_TTL_SECONDS),
+    idTokens: null,
   });
   app.ready();
   const ac = new AbortController();

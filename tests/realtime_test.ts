@@ -3,6 +3,7 @@ import postgres from "postgres";
 import type { Message } from "../db/messages.ts";
 import { hashToken } from "../server/auth.ts";
 import { createHub } from "../server/serve.ts";
+import { DEFAULT_SESSION_TTL_SECONDS, SessionKeeper } from "../server/sessions.ts";
 import { appRouter } from "../server/router.ts";
 import { createCallerFactory } from "../server/trpc.ts";
 import {
@@ -278,6 +279,9 @@ Deno.test("a subscription cancelled during setup or before it is read leaves not
     limits: DEFAULT_ABUSE_LIMITS,
     writes: new WriteLimiter(DEFAULT_ABUSE_LIMITS),
     sendQueue: new SendQueue(env.sql),
+    sessions: new SessionKeeper(env.sql, log, DEFAULT_SESSION_TTL_SECONDS),
+    idTokens: null,
+    userAgent: null,
     transport: "ws" as const,
     address: "127.0.0.1",
     connection: { key: "ws:test", subscriptions: 0, callsInFlight: 0 },

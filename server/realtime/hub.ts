@@ -96,10 +96,28 @@ export interface Holder {
   roomId: string;
   userId: string;
   tokenHash: string;
+  /**
+   * When the holder's session expires unless used meanwhile, in ms since the epoch; 0 while
+   * unknown. The hub checks the session again at that time (see `HubOptions.checkHolders`).
+   */
+  expiresAt: number;
 }
 
-/** Why a holder lost access. */
+/** What a check found of one holder's access (see `HubOptions.checkHolders`). */
+export interface HolderState {
+  /** False when the session ended (signed out, revoked, expired, account deleted). */
+  session: boolean;
+  /** False when the user is no longer a member of the room. */
+  member: boolean;
+  /** When the session expires now, in ms since the epoch. */
+  expiresAt: number;
+}
+
+/** Why a holder lost access: it left the room, its session ended, or a check found it gone. */
 export type Revocation = "left" | "logged_out" | "revoked";
+
+/** How often holders whose session may have expired are looked for, in milliseconds. */
+const EXPIRY_SWEEP_MS = 1000;
 
 /** How often the hub and its broadcast check on things, in milliseconds (tests shorten them). */
 export interface HubTimings extends HeartbeatTimings {
@@ -113,8 +131,8 @@ export interface HubOptions {
   broadcast: Broadcast;
   /** Serialises a message into a data frame suffix (see `FanoutMessage`). */
   encode: (message: Message) => string;
-  /** Finds the holders (their indexes) whose access ended (see `access.ts`). */
-  findRevoked: (holders: Holder[]) => Promise<number[]>;
+  /** Reads the holders' sessions and memberships, in their order (see `access.ts`). */
+  checkHolders: (holders: Holder[]) => Promise<HolderState[]>;
   /** Between reconciliations, in milliseconds (default `DEFAULT_RECONCILE_MS`). */
   reconcileMs?: number;
 }
@@ -125,7 +143,8 @@ export class Hub {
   #log: Logger;
   #broadcast: Broadcast;
   #encode: (message: Message) => string;
-  #findRevoked: (holders: Holder[]) => Promise<number[]>;
+  #checkHolders: (holders: Holder[]) => Promise<HolderState[]>;
+  #expiryCheck: Promise<void> | null = null;
   #reconcileMs: number;
   #rooms = new Map<string, WatchedRoom>();
   #holders = new Map<Holder, (reason: Revocation) => void>();
@@ -139,7 +158,7 @@ export class Hub {
     this.#log = log;
     this.#broadcast = options.broadcast;
     this.#encode = options.encode;
-    this.#findRevoked = options.findRevoked;
+    this.#checkHolders = options.checkHolders;
     this.#reconcileMs = options.reconcileMs ?? DEFAULT_RECONCILE_MS;
   }
 
@@ -161,6 +180,7 @@ export class Hub {
       onAccessResumed: () => this.#revalidate(),
     });
     if (this.#broadcast.lossy) this.#later(this.#reconcileMs, () => this.#reconcile());
+    this.#later(EXPIRY_SWEEP_MS, () => this.#sweepExpired());
   }
 
   /** Stops the timers and the broadcast (pending announcements are sent first). */
@@ -250,7 +270,10 @@ export class Hub {
     return { rooms: this.#rooms.size, listeners, holders: this.#holders.size };
   }
 
-  /** Calls `onRevoke` when the holder leaves the room or their token is revoked, on any instance. */
+  /**
+   * Calls `onRevoke` when the holder leaves the room, or their session ends (sign-out,
+   * revocation, account deletion: on any instance; expiry: found by this hub at `expiresAt`).
+   */
   watchAccess(holder: Holder, onRevoke: (reason: Revocation) => void): () => void {
     this.#holders.set(holder, onRevoke);
     return () => void this.#holders.delete(holder);
@@ -261,9 +284,26 @@ export class Hub {
     await this.#announceAccess(`leave:${roomId}:${userId}`);
   }
 
-  /** Announces that a token was revoked: its subscriptions end on every instance. */
+  /** Announces that a token's session ended: its subscriptions end on every instance. */
   async announceLogout(tokenHash: string): Promise<void> {
     await this.#announceAccess(`logout:${tokenHash}`);
+  }
+
+  /**
+   * Announces that every session of a user but the one of `exceptTokenHash` ended (other
+   * sessions revoked, or the account deleted): their subscriptions end on every instance.
+   */
+  async announceUserSessionsEnded(userId: string, exceptTokenHash = ""): Promise<void> {
+    await this.#announceAccess(`user:${userId}:${exceptTokenHash}`);
+  }
+
+  /**
+   * Announces that an account was deleted: its subscriptions end on every instance, and the
+   * rooms' recent messages in memory are dropped where they hold its messages, so that replays
+   * read them from Postgres as a deleted user's (see db/accounts.ts).
+   */
+  async announceAccountDeleted(userId: string): Promise<void> {
+    await this.#announceAccess(`deleted:${userId}`);
   }
 
   /** Ends this instance's affected subscriptions at once, then tells the other instances. */
@@ -351,21 +391,63 @@ export class Hub {
     const all = [...this.#holders];
     for (const [holder, onRevoke] of all) if (holder.userId === "") onRevoke("revoked");
     const holders = all.filter(([holder]) => holder.userId !== "");
-    this.#findRevoked(holders.map(([holder]) => holder)).then((revoked) => {
-      for (const i of revoked) holders[i][1]("revoked");
-    }).catch((error) => {
+    this.#check(holders).catch((error) => {
       this.#log.error("Cannot re-check subscribers' access: retrying in 1s", error);
       this.#later(1000, () => this.#revalidate());
     });
   }
 
+  /** Checks the holders' access and ends the subscriptions of those who lost it. */
+  async #check(holders: [Holder, (reason: Revocation) => void][]): Promise<void> {
+    if (holders.length === 0) return;
+    const states = await this.#checkHolders(holders.map(([holder]) => holder));
+    states.forEach((state, i) => {
+      const [holder, onRevoke] = holders[i];
+      if (!state.session) onRevoke("logged_out");
+      else if (!state.member) onRevoke("revoked");
+      else holder.expiresAt = state.expiresAt;
+    });
+  }
+
+  /**
+   * Every `EXPIRY_SWEEP_MS`: the holders whose session expiry has come are checked again (a
+   * use elsewhere may have extended it); those whose session did expire end with
+   * `UNAUTHORIZED`. One check at a time.
+   */
+  #sweepExpired(): void {
+    this.#later(EXPIRY_SWEEP_MS, () => this.#sweepExpired());
+    if (this.#expiryCheck) return;
+    const now = Date.now();
+    const due = [...this.#holders].filter(([holder]) =>
+      holder.expiresAt > 0 && holder.expiresAt <= now
+    );
+    if (due.length === 0) return;
+    this.#expiryCheck = this.#check(due).catch((error) => {
+      const code = (error as { code?: string }).code ?? (error as Error).message;
+      this.#log.warn(`Cannot check expiring sessions (${code}): retrying`);
+    }).finally(() => {
+      this.#expiryCheck = null;
+    });
+  }
+
   #onAccess(item: string): void {
     const [kind, a, b] = item.split(":");
+    if (kind === "deleted") {
+      for (const room of this.#rooms.values()) {
+        if (room.recent.some((m) => m.message.userId === a)) room.recent = [];
+      }
+    }
     for (const [holder, onRevoke] of this.#holders) {
       // A holder still being set up may not know its user yet: it checks again itself.
-      const user = holder.userId === "" || holder.userId === b;
-      if (kind === "leave" && holder.roomId === a && user) onRevoke("left");
+      const unknown = holder.userId === "";
+      if (kind === "leave" && holder.roomId === a && (unknown || holder.userId === b)) {
+        onRevoke("left");
+      }
       if (kind === "logout" && holder.tokenHash === a) onRevoke("logged_out");
+      if (kind === "user" && (unknown || holder.userId === a) && holder.tokenHash !== b) {
+        onRevoke("logged_out");
+      }
+      if (kind === "deleted" && (unknown || holder.userId === a)) onRevoke("logged_out");
     }
   }
 }

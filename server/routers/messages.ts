@@ -46,6 +46,7 @@ export const messagesRouter = router({
       switch (result.status) {
         case "created":
         case "duplicate":
+          ctx.sessions.used(ctx.tokenHash);
           // A retry may follow a send whose announcement was lost (crash, failed NOTIFY):
           // publishing again is harmless, subscribers skip seqs they already have.
           ctx.hub.committed(result.message);
@@ -114,7 +115,12 @@ export const messagesRouter = router({
       signal?.addEventListener("abort", () => stream.stop(), { once: true });
       // Watch for a leave or logout before checking access, so one that commits meanwhile is
       // never missed: during setup it only asks for a second check.
-      const holder = { roomId, userId: knownUserId(ctx.tokenHash) ?? "", tokenHash: ctx.tokenHash };
+      const holder = {
+        roomId,
+        userId: knownUserId(ctx.tokenHash) ?? "",
+        tokenHash: ctx.tokenHash,
+        expiresAt: 0,
+      };
       let settingUp = true;
       let recheck = false;
       unwatch = ctx.hub.watchAccess(holder, (reason) => {
@@ -129,7 +135,9 @@ export const messagesRouter = router({
           recheck = false;
           access = await openRoom(ctx.sql, ctx.tokenHash, roomId);
         }
+        holder.expiresAt = access.expiresAt;
         settingUp = false;
+        ctx.sessions.used(ctx.tokenHash);
         if (signal?.aborted) throw subscriptionCancelled();
         stream.resumeAfter(resumePoint(input.lastEventId, access.lastSeq), access.lastSeq);
       } catch (error) {

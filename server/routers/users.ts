@@ -1,23 +1,36 @@
-/** `users.*`: sign-up with a token, profile, logout. */
+/** `users.*`: sign-up, profile, password, sign-out and deletion of one's account. */
 import { TRPCError } from "@trpc/server";
 import { z } from "zod";
-import { createUser, revokeToken, updateUser } from "../../db/users.ts";
-import { hashToken, newToken } from "../auth.ts";
-import { imageUrl, username } from "../schemas.ts";
+import { deleteUser, setPasswordHash } from "../../db/accounts.ts";
+import { revokeOtherSessions, revokeToken } from "../../db/sessions.ts";
+import { updateUser } from "../../db/users.ts";
+import { requireCurrentPassword, signUp } from "../accounts.ts";
+import { usernameReserved } from "../errors.ts";
+import { hashPassword } from "../password.ts";
+import { isReservedUsername } from "../username_key.ts";
+import { imageUrl, password, passwordAttempt, username } from "../schemas.ts";
 import { authedProcedure, router, signupProcedure, writeProcedure } from "../trpc.ts";
 
 /** Procedures on users. */
 export const usersRouter = router({
+  /**
+   * Signs up: `{ user, token, expiresAt }`. Without a password the account is a guest account,
+   * reachable only through its sessions until `users.setPassword` gives it one.
+   */
   create: signupProcedure
-    .input(z.object({ username, avatarUrl: imageUrl.optional() }))
+    .input(z.object({ username, avatarUrl: imageUrl.optional(), password: password.optional() }))
     .mutation(async ({ ctx, input }) => {
-      const token = newToken();
-      const user = await createUser(ctx.sql, {
-        username: input.username,
-        avatarUrl: input.avatarUrl ?? null,
-        tokenHash: hashToken(token),
-      });
-      return { user, token };
+      if (isReservedUsername(input.username)) throw usernameReserved();
+      const passwordHash = input.password === undefined ? null : await hashPassword(input.password);
+      return await signUp(
+        {
+          sql: ctx.sql,
+          ttlSeconds: ctx.sessions.ttlSeconds,
+          userAgent: ctx.userAgent,
+          hub: ctx.hub,
+        },
+        { username: input.username, avatarUrl: input.avatarUrl ?? null, passwordHash },
+      );
     }),
 
   me: authedProcedure.query(({ ctx }) => ctx.user),
@@ -30,6 +43,9 @@ export const usersRouter = router({
       }),
     )
     .mutation(async ({ ctx, input }) => {
+      if (input.username !== undefined && isReservedUsername(input.username)) {
+        throw usernameReserved();
+      }
       const user = await updateUser(ctx.sql, ctx.user.id, input);
       if (!user) {
         throw new TRPCError({
@@ -40,8 +56,51 @@ export const usersRouter = router({
       return user;
     }),
 
-  logout: writeProcedure("creates").mutation(async ({ ctx }) => {
+  /**
+   * Sets the password (`currentPassword` is required when one exists). Changing a password
+   * ends every other session of the account, on every instance; the caller's stays.
+   * `{ ok, sessionsEnded }`.
+   */
+  setPassword: writeProcedure("creates")
+    .input(z.object({ password, currentPassword: passwordAttempt.optional() }))
+    .mutation(async ({ ctx, input }) => {
+      await requireCurrentPassword(ctx.sql, ctx.user, input.currentPassword, "currentPassword");
+      const hash = await hashPassword(input.password);
+      if (!(await setPasswordHash(ctx.sql, ctx.user.id, hash))) {
+        throw new TRPCError({ code: "NOT_FOUND", message: "User no longer exists" });
+      }
+      let sessionsEnded = 0;
+      if (ctx.user.hasPassword) {
+        sessionsEnded = await revokeOtherSessions(ctx.sql, ctx.user.id, ctx.tokenHash);
+        if (sessionsEnded > 0) {
+          await ctx.hub.announceUserSessionsEnded(ctx.user.id, ctx.tokenHash);
+        }
+      }
+      return { ok: true as const, sessionsEnded };
+    }),
+
+  /**
+   * Ends the caller's session (as `auth.signOut`); its subscriptions end on every instance.
+   * Never rate-limited: signing out must always be possible.
+   */
+  logout: authedProcedure.mutation(async ({ ctx }) => {
     if (await revokeToken(ctx.sql, ctx.tokenHash)) await ctx.hub.announceLogout(ctx.tokenHash);
     return { ok: true as const };
   }),
+
+  /**
+   * Deletes the caller's account (`password` is required when it has one): its sessions end
+   * and its subscriptions with them, on every instance; its memberships go and its name is
+   * free again; its messages stay in history as a deleted user's (`userId` null, no avatar).
+   */
+  delete: writeProcedure("creates")
+    .input(z.object({ password: passwordAttempt.optional() }))
+    .mutation(async ({ ctx, input }) => {
+      await requireCurrentPassword(ctx.sql, ctx.user, input.password, "password");
+      if (!(await deleteUser(ctx.sql, ctx.user.id))) {
+        throw new TRPCError({ code: "NOT_FOUND", message: "User no longer exists" });
+      }
+      await ctx.hub.announceAccountDeleted(ctx.user.id);
+      return { ok: true as const };
+    }),
 });

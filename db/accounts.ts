@@ -1,0 +1,118 @@
+/**
+ * Queries on what makes an account reachable from another device: its password, its identity
+ * at the front end's identity provider, failed sign-ins, and its deletion.
+ */
+import type { Sql } from "./mod.ts";
+import type { User } from "./users.ts";
+
+/** A user found by a sign-in name: their id and password hash (null for a guest account). */
+export interface Credentials {
+  userId: string;
+  passwordHash: string | null;
+}
+
+/** The user whose name has this `username_key` (server/username_key.ts), with their password. */
+export async function findCredentials(
+  sql: Sql,
+  usernameKey: string,
+): Promise<Credentials | undefined> {
+  const [row] = await sql<[Credentials?]>`
+    select id as user_id, password_hash from users where username_key = ${usernameKey}
+  `;
+  return row;
+}
+
+/** The user's password hash (null for a guest account), or undefined when there is no user. */
+export async function getPasswordHash(
+  sql: Sql,
+  userId: string,
+): Promise<string | null | undefined> {
+  const [row] = await sql<[{ passwordHash: string | null }?]>`
+    select password_hash from users where id = ${userId}
+  `;
+  return row?.passwordHash;
+}
+
+/** Sets the user's password hash; false when there is no such user. */
+export async function setPasswordHash(sql: Sql, userId: string, hash: string): Promise<boolean> {
+  const rows = await sql`update users set password_hash = ${hash} where id = ${userId} returning 1`;
+  return rows.length > 0;
+}
+
+/** What `recordSignInAttempt` found. */
+export interface SignInAttempts {
+  /** Attempts in the current window, this one included. */
+  attempts: number;
+  /** Until the window passes, in ms. */
+  windowLeftMs: number;
+}
+
+/**
+ * Counts a sign-in attempt for a username before its password is checked, in one statement,
+ * so that attempts running at once on any instance are all counted: a window starts at the
+ * first attempt after the last one passed. A successful attempt then clears the count
+ * (`clearSignInFailures`), so what remains counts failures. Windows that have passed, for any
+ * username, are dropped now and then, so the table holds only usernames tried lately.
+ */
+export async function recordSignInAttempt(
+  sql: Sql,
+  usernameKey: string,
+  windowSeconds: number,
+): Promise<SignInAttempts> {
+  const window = sql`make_interval(secs => ${windowSeconds})`;
+  const [row] = await sql<[{ failures: number; windowLeftMs: number }]>`
+    insert into sign_in_failures as f (username_key, failures, window_started_at)
+    values (${usernameKey}, 1, now())
+    on conflict (username_key) do update set
+      failures = case when f.window_started_at + ${window} > now() then f.failures + 1 else 1 end,
+      window_started_at = case
+        when f.window_started_at + ${window} > now() then f.window_started_at else now() end
+    returning failures,
+      ceil(extract(epoch from window_started_at + ${window} - now()) * 1000)::float8
+        as window_left_ms
+  `;
+  if (Math.random() < 0.01) {
+    await sql`delete from sign_in_failures where window_started_at + ${window} <= now()`;
+  }
+  return { attempts: row.failures, windowLeftMs: Math.max(1, row.windowLeftMs) };
+}
+
+/** Forgets a username's failed sign-ins (after a successful one). */
+export async function clearSignInFailures(sql: Sql, usernameKey: string): Promise<void> {
+  await sql`delete from sign_in_failures where username_key = ${usernameKey}`;
+}
+
+/** The user an identity provider's (issuer, subject) belongs to. */
+export async function findUserByIdentity(
+  sql: Sql,
+  issuer: string,
+  subject: string,
+): Promise<User | undefined> {
+  const [user] = await sql<[User?]>`
+    select u.id, u.username, u.avatar_url, u.password_hash is not null as has_password,
+      u.created_at
+    from identities i join users u on u.id = i.user_id
+    where i.issuer = ${issuer} and i.subject = ${subject}
+  `;
+  return user;
+}
+
+/** The name a deleted account's messages show in place of the person's. */
+export const DELETED_USERNAME = "Deleted user";
+
+/**
+ * Deletes an account in one transaction: its messages stay in their rooms' history with
+ * `userId` null, the name `DELETED_USERNAME` and no avatar; its sessions, memberships and
+ * identities go; rooms it created stay without a creator; its username is free again.
+ * False when there was no such user.
+ */
+export async function deleteUser(sql: Sql, userId: string): Promise<boolean> {
+  return await sql.begin(async (sql) => {
+    await sql`
+      update messages set user_id = null, username = ${DELETED_USERNAME}, avatar_url = null
+      where user_id = ${userId}
+    `;
+    const deleted = await sql`delete from users where id = ${userId} returning 1`;
+    return deleted.length > 0;
+  });
+}
