@@ -42,6 +42,11 @@ export interface Identity {
 export interface IdentityOptions {
   /** Runs synchronously on every token change, before listeners (the WebSocket guard). */
   onTokenChange: () => void;
+  /**
+   * Runs synchronously after every reading that set the token: the first reading, and every
+   * change (after `onTokenChange`, before listeners). The session state is computed here.
+   */
+  onTokenSet?: () => void;
   /** How often, in ms, the token is read while a listener waits; 0 never (default 1000). */
   pollMs?: number;
 }
@@ -73,10 +78,12 @@ export function createIdentity(source: TokenSource, options: IdentityOptions): I
     const changed = seen;
     seen = true;
     token = next;
-    if (!changed) return;
-    version++;
-    options.onTokenChange();
-    notify({ type: "token" });
+    if (changed) {
+      version++;
+      options.onTokenChange();
+    }
+    options.onTokenSet?.();
+    if (changed) notify({ type: "token" });
   }
 
   /** Reads started, and the latest one whose value was taken. */

@@ -8,13 +8,18 @@ import { createTRPCClient, splitLink, type TRPCClient, type TRPCLink } from "@tr
 import type { inferRouterInputs, inferRouterOutputs } from "@trpc/server";
 import { observable } from "@trpc/server/observable";
 import type { AppRouter } from "../server/router.ts";
+import { clientInternals } from "./_internals.ts";
 import { createHttpLink } from "./http.ts";
 import { type AccessChange, createIdentity, type Identity, type TokenSource } from "./identity.ts";
+import { createSessionTracker, type SessionListener, type SessionState } from "./session.ts";
 import { createSocketTransport } from "./socket.ts";
 
-export type { AccessChange, AppRouter, TokenSource };
+export type { AccessChange, AppRouter, SessionListener, SessionState, TokenSource };
 export { watchRoom } from "./watch_room.ts";
 export type { RoomState, WatchRoomHandle, WatchRoomOptions } from "./watch_room.ts";
+export { exchangeIdToken, signIn, signOut, signUp } from "./auth.ts";
+export type { OpenedSession } from "./auth.ts";
+export { isUnauthorized } from "./session.ts";
 export { isRateLimited, isRetryable, retryAfterMs } from "./retry.ts";
 
 /** Every procedure's input type, e.g. `RouterInputs["messages"]["send"]`. */
@@ -44,6 +49,13 @@ export interface ParleyClientOptions {
    * every request, WebSocket operation and WebSocket connect; null when signed out).
    */
   token?: TokenSource;
+  /**
+   * Where the sign-in helpers (`signUp`, `signIn`, `exchangeIdToken`, `signOut`) store a new
+   * session's token, or null after a sign-out, e.g. `(t) => t ? localStorage.setItem(key, t)
+   * : localStorage.removeItem(key)`. The `token` function must then return it; the helpers
+   * switch the client to it at once. Without it, the helpers only return the token.
+   */
+  saveToken?: (token: string | null) => void | Promise<void>;
   /** A WebSocket implementation for runtimes without a global one. */
   WebSocket?: typeof WebSocket;
   /** A fetch implementation (default: the global one). */
@@ -74,6 +86,19 @@ export interface ParleyClient {
    * `tokenPollMs`. Returns a function that removes the listener.
    */
   onAccessChange(listener: (change: AccessChange) => void): () => void;
+  /**
+   * The session as of the token read last: `signed-out` (no token, or `signOut` here),
+   * `signed-in` (not refused so far) or `ended` (the server refused the current token:
+   * expired, revoked, signed out on another device, account deleted). `ended` lasts until
+   * the token changes; `watchRoom`s stop in `signed-out` meanwhile, and nothing retries.
+   */
+  readonly session: SessionState;
+  /**
+   * Calls `listener` at every change of `session`, once per change: a session that ends is
+   * reported once however many calls and subscriptions are refused (`error` is the first
+   * refusal). Returns a function that removes the listener.
+   */
+  onSessionChange(listener: SessionListener): () => void;
   /** Closes the WebSocket connection, if one is open, and stops token polling. */
   close(): Promise<void>;
 }
@@ -87,7 +112,9 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
   const identity = createIdentity(options.token, {
     pollMs: options.tokenPollMs,
     onTokenChange: () => sockets.closeStale(),
+    onTokenSet: () => session.update(),
   });
+  const session = createSessionTracker(identity);
   const sockets = createSocketTransport({
     url: `${base.replace(/^http/, "ws")}/trpc`,
     identity,
@@ -96,6 +123,7 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
   const trpc = createTRPCClient<AppRouter>({
     links: [
       joinNoticeLink(identity),
+      session.link,
       splitLink({
         condition: (op) => op.type === "subscription",
         true: sockets.link,
@@ -110,18 +138,25 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
       }),
     ],
   });
-  return {
+  const parley: ParleyClient = {
     trpc,
     async checkToken() {
       await identity.read();
       return identity.version;
     },
     onAccessChange: (listener) => identity.onChange(listener),
+    get session() {
+      return session.state;
+    },
+    onSessionChange: (listener) => session.onChange(listener),
     async close() {
       identity.close();
+      session.close();
       await sockets.close();
     },
   };
+  clientInternals.set(parley, { saveToken: options.saveToken ?? null, session });
+  return parley;
 }
 
 /** Passes calls on; announces each successful `rooms.join` to access listeners. */

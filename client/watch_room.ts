@@ -1,7 +1,8 @@
 /**
  * `watchRoom`: a room's messages as one ordered list without holes or duplicates,
  * kept complete across reconnects, resyncs and changes of identity, with sends that are
- * safe to retry.
+ * safe to retry. A session that ends stops it in one state, `signed-out`, until the token
+ * changes.
  */
 import { TRPCClientError } from "@trpc/client";
 import type { ParleyClient } from "./mod.ts";
@@ -9,17 +10,29 @@ import { isRetryable, retryDelay, withRetries } from "./retry.ts";
 
 type Message = Awaited<ReturnType<ParleyClient["trpc"]["messages"]["send"]["mutate"]>>;
 
-/** Where a watched room stands. */
-export type RoomState = "connecting" | "live" | "reconnecting" | "resyncing" | "error";
+/**
+ * Where a watched room stands: loading (`connecting`), following (`live`), catching up after
+ * a lost connection (`reconnecting`) or a resync (`resyncing`), waiting for a sign-in
+ * (`signed-out`), or stopped by another failure (`error`).
+ */
+export type RoomState =
+  | "connecting"
+  | "live"
+  | "reconnecting"
+  | "resyncing"
+  | "signed-out"
+  | "error";
 
 /** Callbacks and tuning of `watchRoom`. */
 export interface WatchRoomOptions {
   /** Gets the whole ordered list on every change. */
   onMessages: (messages: Message[]) => void;
   /**
-   * Gets every state change; `error` carries what failed. After UNAUTHORIZED or FORBIDDEN
-   * the room stays in `error` until access may have changed (the token changed, or this
-   * client joined the room), then loads again by itself.
+   * Gets every state change; `error` carries what failed. Without a live session (no token,
+   * UNAUTHORIZED, `signOut`, or the client's session ended by any other call) the room goes
+   * to `signed-out` once and waits, making no calls, until the token changes to another
+   * one; then it loads again by itself. After FORBIDDEN it stays in `error` until access may
+   * have changed (the token changed, or this client joined the room), then loads again.
    */
   onStateChange?: (state: RoomState, error?: unknown) => void;
   /** Messages per page (default 50). */
@@ -73,6 +86,11 @@ export function watchRoom(
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
   /** Set while refused access: removes the listener that waits for access to change. */
   let stopWaiting: (() => void) | null = null;
+  // A session that ends, wherever it was noticed, stops the room at once: no subscription
+  // or retry is left to be refused again.
+  const stopSessionWatch = parley.onSessionChange((session) => {
+    if (session !== "signed-in") signedOut();
+  });
 
   const lastSeq = () => messages.at(-1)?.seq ?? 0;
   // seqs start at 1 with no gaps, so older messages exist exactly when we start above 1.
@@ -112,17 +130,33 @@ export function watchRoom(
   /** Handles a failure of a load or of the subscription. */
   function failed(error: unknown) {
     const code = error instanceof TRPCClientError ? error.data?.code : undefined;
-    if (code === "UNAUTHORIZED" || code === "FORBIDDEN") refused(error);
+    if (code === "UNAUTHORIZED") signedOut(error);
+    else if (code === "FORBIDDEN") refused("error", error);
     else if (code === "NOT_FOUND" || !isRetryable(error)) setState("error", error);
     else retryLater(error);
   }
 
-  /** Refused access: waits in `error` until the token changes or this client joins the room. */
-  function refused(error: unknown) {
-    setState("error", error);
+  /** No live session: drops the subscription and any retry, then waits in `signed-out`. */
+  function signedOut(error?: unknown) {
+    if (stopped) return;
+    generation++; // a load in flight is stale
+    clearTimeout(retryTimer);
+    subscription?.unsubscribe();
+    subscription = null;
+    refused("signed-out", error);
+  }
+
+  /**
+   * Refused access: waits in `next` until the token changes (`signed-out`: to a token, not
+   * to none) or this client joins the room, then loads again.
+   */
+  function refused(next: "signed-out" | "error", error: unknown) {
+    setState(next, error);
     if (stopped || stopWaiting) return;
     stopWaiting = parley.onAccessChange((change) => {
       if (change.type === "joined" && change.roomId !== roomId) return;
+      // The room's state now, not when the wait began: a FORBIDDEN room may since be signed out.
+      if (state === "signed-out" && parley.session !== "signed-in") return;
       stopWaiting?.();
       stopWaiting = null;
       void load();
@@ -224,6 +258,7 @@ export function watchRoom(
       clearTimeout(retryTimer);
       stopWaiting?.();
       stopWaiting = null;
+      stopSessionWatch();
       subscription?.unsubscribe();
     },
   };

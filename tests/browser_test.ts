@@ -10,9 +10,10 @@ import assert from "node:assert/strict";
 // deno-lint-ignore no-import-prefix
 import { type Browser, type BrowserContext, chromium, type Page } from "npm:playwright-core@1.65.1";
 import { serveExample } from "../scripts/serve_example.ts";
-import { startTestEnv, waitFor } from "./_helpers.ts";
+import { client, startTestEnv, waitFor } from "./_helpers.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
+const PASSWORD = "alice's password";
 const SHOTS = new URL("../test-results/browser/", import.meta.url);
 const hasChromium = await Deno.stat(CHROMIUM).then(() => true, () => false);
 if (!hasChromium && Deno.env.get("PARLEY_REQUIRE_BROWSER")) {
@@ -32,6 +33,24 @@ function messagesOf(page: Page) {
         item.querySelector(".content")?.textContent,
       ];
     }));
+}
+
+/** The avatar in the page's header: the image's src, or "" for the first-letter fallback. */
+function myAvatar(page: Page) {
+  return page.$eval("#me-avatar", (el) => el.querySelector("img")?.getAttribute("src") ?? "");
+}
+
+/** The names in the page's room list, in order. */
+function roomNames(page: Page) {
+  return page.$$eval("#room-list .room-name", (items) => items.map((item) => item.textContent));
+}
+
+/** The token the page stored for the API it talks to, or null. */
+function storedToken(page: Page) {
+  return page.evaluate(() => {
+    const key = Object.keys(localStorage).find((k) => k.startsWith("parley-token:"));
+    return key ? localStorage.getItem(key) : null;
+  });
 }
 
 async function until(page: Page, what: string, check: () => Promise<boolean>) {
@@ -61,6 +80,8 @@ Deno.test({
       });
       const alice = await browser.newContext();
       const bob = await browser.newContext(); // a second device
+      const alice2 = await browser.newContext(); // alice's second device, signed in later
+      const pageA2 = await alice2.newPage();
       const pageA = await alice.newPage();
       const pageB = await bob.newPage();
       const avatarUrl = `${allowedPage.url}/sample_avatar.svg`;
@@ -175,6 +196,115 @@ Deno.test({
         await shot(pageB, "2_bob_after_cut");
       });
 
+      await t.step(
+        "a guest sets a password; signed in with it in a second context, the same rooms, history and avatar show",
+        async () => {
+          await pageA.click("#account summary");
+          await pageA.fill("#password-form [name=password]", PASSWORD);
+          await pageA.click("#password-form button");
+          await until(
+            pageA,
+            "the password is set",
+            async () => /Password set/.test(await pageA.textContent("#notice") ?? ""),
+          );
+
+          await pageA2.goto(`${allowedPage.url}/?api=${api}`);
+          await pageA2.fill("#signin-form [name=username]", "Alice"); // any letter case
+          await pageA2.fill("#signin-form [name=password]", PASSWORD);
+          await pageA2.click("#signin-form button");
+          await pageA2.waitForSelector("#rooms:not([hidden])");
+          assert.equal(await pageA2.textContent("#me"), "alice");
+          assert.equal(await myAvatar(pageA2), avatarUrl);
+          await until(pageA2, "the room list", async () => (await roomNames(pageA2)).length > 0);
+          await pageA.click("#leave-room");
+          await until(pageA, "the room list", async () => (await roomNames(pageA)).length > 0);
+          assert.deepEqual(await roomNames(pageA2), await roomNames(pageA));
+
+          const history = await messagesOf(pageB);
+          for (const page of [pageA, pageA2]) {
+            await page.click("#room-list button[data-room-name=Standup]");
+            await page.waitForSelector("#state[data-state=live]");
+            await until(
+              page,
+              "the history",
+              async () => (await messagesOf(page)).length === history.length,
+            );
+            assert.deepEqual(await messagesOf(page), history);
+          }
+        },
+      );
+
+      await t.step(
+        "an avatar changed on one device shows on the other, and on new messages",
+        async () => {
+          const newAvatar = `${allowedPage.url}/sample_avatar_alt.svg`;
+          await pageA2.click("#account summary");
+          await pageA2.fill("#avatar-form [name=avatarUrl]", newAvatar);
+          await pageA2.click("#avatar-form button");
+          await until(
+            pageA2,
+            "the new avatar here",
+            async () => await myAvatar(pageA2) === newAvatar,
+          );
+          // The other device re-reads the profile every few seconds (and on focus).
+          await until(
+            pageA,
+            "the new avatar on the other device",
+            async () => await myAvatar(pageA) === newAvatar,
+          );
+          const count = (await messagesOf(pageB)).length + 1;
+          await pageA.fill("#send-form [name=content]", "new look");
+          await pageA.click("#send-form button");
+          for (const page of [pageA2, pageB]) {
+            await until(
+              page,
+              "the message with the new avatar",
+              async () => (await messagesOf(page)).length === count,
+            );
+            assert.deepEqual((await messagesOf(page)).at(-1), [
+              count,
+              "alice",
+              newAvatar,
+              "new look",
+            ]);
+          }
+          await shot(pageA, "3_alice_avatar_first_device");
+          await shot(pageA2, "3_alice_avatar_second_device");
+        },
+      );
+
+      await t.step(
+        "signing out one device leaves the other; a session ended elsewhere returns to sign-in with a message",
+        async () => {
+          await pageA2.click("#sign-out");
+          await pageA2.waitForSelector("#welcome:not([hidden])");
+          assert.match(await pageA2.textContent("#notice") ?? "", /Signed out/);
+          assert.equal(await storedToken(pageA2), null);
+          await pageA.waitForTimeout(300);
+          assert.equal(await pageA.getAttribute("#state", "data-state"), "live");
+
+          // Signed in again there, alice ends every other session: the first device's.
+          await pageA2.fill("#signin-form [name=username]", "alice");
+          await pageA2.fill("#signin-form [name=password]", PASSWORD);
+          await pageA2.click("#signin-form button");
+          await pageA2.waitForSelector("#state[data-state=live]"); // back in the room it had open
+          const token = await storedToken(pageA2);
+          assert.deepEqual(await client(env, { token }).auth.revokeOthers.mutate(), { ended: 1 });
+          await pageA.waitForSelector("#welcome:not([hidden])");
+          assert.match(await pageA.textContent("#notice") ?? "", /session ended/i);
+          assert.equal(await pageA.isHidden("#room"), true);
+          assert.equal(await pageA.isHidden("#profile"), true, "no one is shown as signed in");
+          assert.equal(await storedToken(pageA), null, "the dead token is forgotten");
+          await shot(pageA, "4_alice_session_ended");
+
+          await pageA.fill("#signin-form [name=username]", "alice");
+          await pageA.fill("#signin-form [name=password]", PASSWORD);
+          await pageA.click("#signin-form button");
+          await pageA.waitForSelector("#state[data-state=live]");
+          assert.deepEqual(await messagesOf(pageA), await messagesOf(pageB));
+        },
+      );
+
       await t.step("the same page from an origin not on the list gets no data", async () => {
         const mallory: BrowserContext = await browser!.newContext();
         const page = await mallory.newPage();
@@ -201,11 +331,12 @@ Deno.test({
         const [{ n }] = await env
           .sql`select count(*)::int as n from users where username = 'mallory'`;
         assert.equal(n, 0);
-        await shot(page, "3_refused_origin");
+        await shot(page, "5_refused_origin");
         await mallory.close();
       });
 
       await alice.close();
+      await alice2.close();
       await bob.close();
     } finally {
       await browser?.close();

@@ -37,6 +37,7 @@ const TSCONFIG = {
 const GOOD = `
 import { createParleyClient, watchRoom, type Message, type Room, type RouterInputs, type User }
   from "parley-client";
+import { type OpenedSession, type SessionState, signIn, signOut } from "parley-client";
 
 const parley = createParleyClient({ url: "http://127.0.0.1:8000", token: () => null });
 const input: RouterInputs["messages"]["send"] = { roomId: "id", content: "hi" };
@@ -58,6 +59,23 @@ export async function use(): Promise<void> {
   });
   const mine: Message = await handle.send("hello");
   console.log(user.id, token, when, next, mine.clientMessageId);
+}
+
+let stored: string | null = null;
+const device = createParleyClient({
+  url: "http://127.0.0.1:8000",
+  token: () => stored,
+  saveToken: (next: string | null) => void (stored = next),
+});
+
+export async function account(): Promise<void> {
+  const opened: OpenedSession = await signIn(device, { username: "ada", password: "secret" });
+  const until: Date = opened.expiresAt;
+  const guest: boolean = !opened.user.hasPassword;
+  const state: SessionState = device.session;
+  const stop = device.onSessionChange((next: SessionState) => next === "ended" && stop());
+  await signOut(device);
+  console.log(until, guest, state);
 }
 `;
 
@@ -174,7 +192,7 @@ const recovered = list.map((m) => m.seq);
 
 // Logout, a new sign-up and a join: live again well before the 5 s idle close.
 await parley.trpc.users.logout.mutate();
-await until(() => last()[0] === "error", "refused after logout");
+await until(() => last()[0] === "signed-out", "refused after logout");
 const afterLogout = last()[1];
 stored = null;
 const erin = await parley.trpc.users.create.mutate({ username: "node_erin" });

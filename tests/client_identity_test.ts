@@ -178,7 +178,7 @@ Deno.test("the client switches identity cleanly when the token changes", async (
       await using s = session(env, room.id, bob.token);
       await waitFor(() => s.r.state() === "live", "bob's room live");
       await s.parley.trpc.users.logout.mutate();
-      await waitFor(() => s.r.state() === "error", "refused after logout");
+      await waitFor(() => s.r.state() === "signed-out", "refused after logout");
       assert.equal(s.r.code(), "UNAUTHORIZED");
       s.token = null;
       const erin = await s.parley.trpc.users.create.mutate({ username: `erin_${Date.now()}` });
@@ -259,7 +259,7 @@ Deno.test("signed out, then signed in: the next subscription and a refused watch
     const anonymous = probe(parley, room.id, "0");
     await waitFor(() => anonymous.seen.code !== null, "anonymous refused");
     assert.equal(anonymous.seen.code, "UNAUTHORIZED");
-    await waitFor(() => r.state() === "error", "watch refused");
+    await waitFor(() => r.state() === "signed-out", "watch refused");
     assert.equal(r.code(), "UNAUTHORIZED");
 
     stored = carol.token; // signed in; the socket opened without a token is still open
