@@ -77,6 +77,14 @@ export async function recordSignInAttempt(
   return { attempts: row.failures, windowLeftMs: Math.max(1, row.windowLeftMs) };
 }
 
+/** Takes back one counted attempt whose password was never checked (busy, cancelled). */
+export async function forgetSignInAttempt(sql: Sql, usernameKey: string): Promise<void> {
+  await sql`
+    update sign_in_failures set failures = greatest(failures - 1, 0)
+    where username_key = ${usernameKey}
+  `;
+}
+
 /** Forgets a username's failed sign-ins (after a successful one). */
 export async function clearSignInFailures(sql: Sql, usernameKey: string): Promise<void> {
   await sql`delete from sign_in_failures where username_key = ${usernameKey}`;
@@ -104,15 +112,26 @@ export const DELETED_USERNAME = "Deleted user";
  * Deletes an account in one transaction: its messages stay in their rooms' history with
  * `userId` null, the name `DELETED_USERNAME` and no avatar; its sessions, memberships and
  * identities go; rooms it created stay without a creator; its username is free again.
- * False when there was no such user.
+ * Returns the token hashes of the sessions that ended, or undefined when there was no such
+ * user.
+ *
+ * Locks in a send's order (room rows, then the user row its foreign key shares), so the two
+ * never deadlock; with the user row locked no send can commit a message between the rewrite
+ * of the messages and the deletion (it fails on the foreign key instead, as unauthenticated).
  */
-export async function deleteUser(sql: Sql, userId: string): Promise<boolean> {
+export async function deleteUser(sql: Sql, userId: string): Promise<string[] | undefined> {
   return await sql.begin(async (sql) => {
+    await sql`select id from rooms where created_by = ${userId} order by id for no key update`;
+    const found = await sql`select id from users where id = ${userId} for update`;
+    if (found.length === 0) return undefined;
     await sql`
       update messages set user_id = null, username = ${DELETED_USERNAME}, avatar_url = null
       where user_id = ${userId}
     `;
-    const deleted = await sql`delete from users where id = ${userId} returning 1`;
-    return deleted.length > 0;
+    const sessions = await sql<{ hash: string }[]>`
+      delete from tokens where user_id = ${userId} returning hash
+    `;
+    await sql`delete from users where id = ${userId}`;
+    return sessions.map((session) => session.hash);
   });
 }

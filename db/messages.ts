@@ -53,12 +53,22 @@ export async function sendMessage(
     const [result] = await sendMessages(sql, input.roomId, [input], signal);
     return result;
   } catch (error) {
+    if (isSenderGone(error)) return { status: "unauthenticated" };
     if (input.clientMessageId !== null && isClientIdConflict(error)) {
       const existing = await findByClientId(sql, input.tokenHash, input.clientMessageId);
       if (existing) return compareRetry(existing, input);
     }
     throw error;
   }
+}
+
+/**
+ * True for the foreign key violation of a send whose sender's account was deleted while the
+ * statement ran (see `deleteUser` in accounts.ts): nothing was stored.
+ */
+export function isSenderGone(error: unknown): boolean {
+  return error instanceof postgres.PostgresError && error.code === "23503" &&
+    error.constraint_name === "messages_user_id_fkey";
 }
 
 /** True for the unique violation of two sends with the same user and `clientMessageId`. */

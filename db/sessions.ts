@@ -25,11 +25,15 @@ export const DEFAULT_SESSION_TTL_SECONDS = 2_592_000;
 /** Most sessions one user holds; opening one more ends the least recently used. */
 export const MAX_SESSIONS_PER_USER = 100;
 
+/** How a session was opened: the proof of identity it rests on. */
+export type SessionOrigin = "sign-up" | "password" | "identity-provider";
+
 /** What opens a session. */
 export interface NewSession {
   userId: string;
   tokenHash: string;
   userAgent: string | null;
+  openedBy: SessionOrigin;
   /** Lifetime in seconds (`SESSION_TTL`). */
   ttlSeconds: number;
 }
@@ -54,9 +58,9 @@ export async function createSession(
 ): Promise<CreatedSession> {
   const [row] = await sql<[{ expiresAt: Date; dropped: string[] }]>`
     with created as (
-      insert into tokens (hash, user_id, user_agent, expires_at)
+      insert into tokens (hash, user_id, user_agent, opened_by, expires_at)
       values (
-        ${session.tokenHash}, ${session.userId}, ${session.userAgent},
+        ${session.tokenHash}, ${session.userId}, ${session.userAgent}, ${session.openedBy},
         now() + make_interval(secs => ${session.ttlSeconds})
       )
       returning expires_at
@@ -111,16 +115,45 @@ export async function revokeToken(sql: Sql, tokenHash: string): Promise<boolean>
   return rows.length > 0 && rows[0].live === true;
 }
 
-/** Ends every session of the user but the one of `keepHash`; returns how many ended. */
+/** Ends every session of the user but the one of `keepHash`; returns the ended ones' hashes. */
 export async function revokeOtherSessions(
   sql: Sql,
   userId: string,
   keepHash: string,
-): Promise<number> {
-  const rows = await sql`
-    delete from tokens where user_id = ${userId} and hash <> ${keepHash} returning 1
+): Promise<string[]> {
+  const rows = await sql<{ hash: string }[]>`
+    delete from tokens where user_id = ${userId} and hash <> ${keepHash} returning hash
   `;
-  return rows.length;
+  return rows.map((row) => row.hash);
+}
+
+/** What proves the caller may change an account's credentials (see server/accounts.ts). */
+export interface Proof {
+  /** The account's password hash, null for none. */
+  passwordHash: string | null;
+  /** True when the account came through the identity provider. */
+  hasIdentity: boolean;
+  /** How the calling session was opened (null for sessions from before migration 00004). */
+  openedBy: SessionOrigin | null;
+  /** How long ago the calling session was opened, in seconds. */
+  openedSecondsAgo: number;
+}
+
+/** The proof state of the user and the calling session, or undefined when either is gone. */
+export async function readProof(
+  sql: Sql,
+  userId: string,
+  tokenHash: string,
+): Promise<Proof | undefined> {
+  const [row] = await sql<[Proof?]>`
+    select u.password_hash,
+      exists (select 1 from identities i where i.user_id = u.id) as has_identity,
+      t.opened_by,
+      extract(epoch from now() - t.created_at)::float8 as opened_seconds_ago
+    from users u join tokens t on t.user_id = u.id
+    where u.id = ${userId} and t.hash = ${tokenHash}
+  `;
+  return row;
 }
 
 /** One use of a session: its token hash and when, in ms since the epoch. */

@@ -90,6 +90,7 @@ export async function createUser(
       tokenHash: input.tokenHash,
       userAgent: null,
       ttlSeconds: DEFAULT_SESSION_TTL_SECONDS,
+      openedBy: "sign-up",
     },
   });
   return user;

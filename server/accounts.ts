@@ -8,14 +8,14 @@ import {
   clearSignInFailures,
   findCredentials,
   findUserByIdentity,
-  getPasswordHash,
+  forgetSignInAttempt,
   recordSignInAttempt,
 } from "../db/accounts.ts";
 import { postgres, type Sql } from "../db/mod.ts";
-import { createSession } from "../db/sessions.ts";
+import { createSession, readProof, type SessionOrigin } from "../db/sessions.ts";
 import { createAccount, getUser, type User } from "../db/users.ts";
 import { hashToken, newToken } from "./auth.ts";
-import { signInFailed, signInLocked } from "./errors.ts";
+import { sessionEnded, signInFailed, signInLocked } from "./errors.ts";
 import type { IdClaims } from "./id_token.ts";
 import type { Hub } from "./realtime/hub.ts";
 import { SIGN_IN_LOCKOUT } from "./limits.ts";
@@ -31,27 +31,34 @@ export interface OpenedSession {
 }
 
 /**
- * Where a session is opened: the pool, its lifetime, the device's user agent, and the hub that
- * ends the subscriptions of sessions dropped to make room.
+ * Where a session is opened: the pool, its lifetime, the device's user agent, the hub that
+ * ends the subscriptions of sessions dropped to make room, and the call's deadline (a password
+ * check still waiting for a hash slot when it aborts is dropped).
  */
 export interface SessionPlace {
   sql: Sql;
   ttlSeconds: number;
   userAgent: string | null;
   hub: Hub;
+  signal?: AbortSignal;
 }
 
 /**
  * A new token and the session it opens for `user`. Sessions dropped past the per-user cap end
  * like a sign-out, on every instance.
  */
-async function openSession(place: SessionPlace, user: User): Promise<OpenedSession> {
+async function openSession(
+  place: SessionPlace,
+  user: User,
+  openedBy: SessionOrigin,
+): Promise<OpenedSession> {
   const token = newToken();
   const { expiresAt, dropped } = await createSession(place.sql, {
     userId: user.id,
     tokenHash: hashToken(token),
     userAgent: place.userAgent,
     ttlSeconds: place.ttlSeconds,
+    openedBy,
   });
   for (const tokenHash of dropped) await place.hub.announceLogout(tokenHash);
   return { user, token, expiresAt };
@@ -73,31 +80,42 @@ export async function signUp(
       tokenHash: hashToken(token),
       userAgent: place.userAgent,
       ttlSeconds: place.ttlSeconds,
+      openedBy: "sign-up",
     },
   });
   return { user, token, expiresAt };
 }
 
 /**
- * Counts an attempt at a username's password and checks it: `SIGN_IN_LOCKOUT` applies to the
- * username on every instance, and a success clears its failures. An unknown user or a guest
- * account is checked against a dummy hash, so every failure takes about as long.
- * @throws `TOO_MANY_REQUESTS` (`signInLocked`) when the username had too many failures lately.
+ * Counts an attempt at a password and checks it: `SIGN_IN_LOCKOUT` applies to `lockKey` (a
+ * username's key, or `user:<id>` for a signed-in user's current password) on every instance,
+ * and a success clears its failures. An attempt whose hash never ran (the queue was full, the
+ * call's deadline passed) is taken back. An unknown user or a guest account is checked against
+ * a dummy hash, so every failure takes about as long.
+ * @throws `TOO_MANY_REQUESTS` (`signInLocked`) after too many failures lately;
+ * `SERVICE_UNAVAILABLE` when too many password checks wait.
  */
 async function checkPassword(
   sql: Sql,
-  usernameKey: string,
+  lockKey: string,
   password: string,
   stored: string | null,
+  signal?: AbortSignal,
 ): Promise<boolean> {
   const { attempts, windowLeftMs } = await recordSignInAttempt(
     sql,
-    usernameKey,
+    lockKey,
     SIGN_IN_LOCKOUT.windowSeconds,
   );
   if (attempts > SIGN_IN_LOCKOUT.maxFailures) throw signInLocked(windowLeftMs);
-  const ok = await verifyPassword(password, stored);
-  if (ok) await clearSignInFailures(sql, usernameKey);
+  let ok: boolean;
+  try {
+    ok = await verifyPassword(password, stored, signal);
+  } catch (error) {
+    await forgetSignInAttempt(sql, lockKey);
+    throw error;
+  }
+  if (ok) await clearSignInFailures(sql, lockKey);
   return ok;
 }
 
@@ -112,35 +130,64 @@ export async function signIn(
 ): Promise<OpenedSession> {
   const key = usernameKeys(input.username).key;
   const credentials = await findCredentials(place.sql, key);
-  const ok = await checkPassword(place.sql, key, input.password, credentials?.passwordHash ?? null);
+  const ok = await checkPassword(
+    place.sql,
+    key,
+    input.password,
+    credentials?.passwordHash ?? null,
+    place.signal,
+  );
   const user = ok && credentials ? await getUser(place.sql, credentials.userId) : undefined;
   if (!user) throw signInFailed();
-  return await openSession(place, user);
+  return await openSession(place, user, "password");
 }
 
+/** How recent a sign-in through the identity provider must be to stand in for a password, in s. */
+export const RECENT_PROOF_SECONDS = 600;
+
 /**
- * Checks the password a signed-in user gives to change their account (a new password, a
- * deletion); counts toward the username's lockout like a sign-in.
- * @throws `BAD_REQUEST` when the account has a password and none was given, `FORBIDDEN` when it
- * is wrong (not `UNAUTHORIZED`: the session itself is fine), `TOO_MANY_REQUESTS` after too many
- * failures.
+ * Checks that the caller may change an account's credentials (set a password, delete it):
+ * - an account with a password: the current password (`given`), counted toward a lockout on
+ *   the user's id (renaming does not reset it);
+ * - an account from the identity provider: also a session opened through it (`auth.exchange`)
+ *   within `RECENT_PROOF_SECONDS`, which stands in for the password; without a password, that
+ *   is the only proof, so a stolen older session cannot set one;
+ * - a guest account: nothing more, its sessions are its only credential.
+ * @throws `BAD_REQUEST` when a password is needed and none was given; `FORBIDDEN` when it is
+ * wrong or a recent sign-in through the provider is needed (not `UNAUTHORIZED`: the session
+ * itself is fine); `TOO_MANY_REQUESTS` after too many failures; `UNAUTHORIZED` when the session
+ * ended meanwhile.
  */
-export async function requireCurrentPassword(
+export async function requireProof(
   sql: Sql,
-  user: User,
+  caller: { user: User; tokenHash: string; signal?: AbortSignal },
   given: string | undefined,
   field: string,
 ): Promise<void> {
-  const stored = await getPasswordHash(sql, user.id);
-  if (stored === null || stored === undefined) return;
-  if (given === undefined) {
-    throw new TRPCError({
-      code: "BAD_REQUEST",
-      message: `${field} is required: this account has a password`,
-    });
+  const proof = await readProof(sql, caller.user.id, caller.tokenHash);
+  if (!proof) throw sessionEnded();
+  const vouched = proof.hasIdentity && proof.openedBy === "identity-provider" &&
+    proof.openedSecondsAgo <= RECENT_PROOF_SECONDS;
+  if (vouched) return;
+  if (proof.passwordHash !== null) {
+    if (given === undefined) {
+      throw new TRPCError({
+        code: "BAD_REQUEST",
+        message: `${field} is required: this account has a password`,
+      });
+    }
+    const lockKey = `user:${caller.user.id}`;
+    if (!(await checkPassword(sql, lockKey, given, proof.passwordHash, caller.signal))) {
+      throw new TRPCError({ code: "FORBIDDEN", message: `${field} is wrong` });
+    }
+    return;
   }
-  if (!(await checkPassword(sql, usernameKeys(user.username).key, given, stored))) {
-    throw new TRPCError({ code: "FORBIDDEN", message: `${field} is wrong` });
+  if (proof.hasIdentity) {
+    throw new TRPCError({
+      code: "FORBIDDEN",
+      message: "This account signs in through your identity provider: sign in with it again " +
+        `(auth.exchange), then retry within ${RECENT_PROOF_SECONDS / 60} minutes`,
+    });
   }
 }
 
@@ -159,7 +206,7 @@ const NUMBERED_TRIES = 8;
 export async function exchange(place: SessionPlace, claims: IdClaims): Promise<OpenedSession> {
   const identity = { issuer: claims.issuer, subject: claims.subject };
   const known = await findUserByIdentity(place.sql, identity.issuer, identity.subject);
-  if (known) return await openSession(place, known);
+  if (known) return await openSession(place, known, "identity-provider");
   const avatar = imageUrl.safeParse(claims.picture);
   const avatarUrl = avatar.success ? avatar.data : null;
   const base = derivedName(claims.name);
@@ -180,6 +227,7 @@ export async function exchange(place: SessionPlace, claims: IdClaims): Promise<O
           tokenHash: hashToken(token),
           userAgent: place.userAgent,
           ttlSeconds: place.ttlSeconds,
+          openedBy: "identity-provider",
         },
       });
       return { user, token, expiresAt };
@@ -188,7 +236,7 @@ export async function exchange(place: SessionPlace, claims: IdClaims): Promise<O
       if (error.constraint_name === "identities_pkey") {
         // The same person signed in on another device at the same moment: theirs won.
         const user = await findUserByIdentity(place.sql, identity.issuer, identity.subject);
-        if (user) return await openSession(place, user);
+        if (user) return await openSession(place, user, "identity-provider");
       }
       if (attempt > NUMBERED_TRIES + 4) throw error;
     }
@@ -202,8 +250,9 @@ export async function exchange(place: SessionPlace, claims: IdClaims): Promise<O
 function derivedName(claim: string | null): string {
   const cleaned = (claim ?? "")
     .normalize("NFC")
+    .replace(/\s+/gu, " ")
     .replace(/[^\p{L}\p{M}\p{N}_.\- ]/gu, "")
-    .replace(/\s+/g, " ")
+    .replace(/ +/g, " ")
     .replace(/^[^\p{L}\p{N}]+/u, "")
     .trim();
   const cut = [...cleaned].slice(0, DERIVED_NAME_LENGTH).join("").trim();

@@ -32,18 +32,33 @@ const MAX_CONCURRENT_HASHES = 2;
 const MAX_WAITING_HASHES = 64;
 
 let running = 0;
-const waiting: (() => void)[] = [];
+const waiting: { start: () => void; fail: (error: unknown) => void }[] = [];
 
-async function withHashSlot<T>(work: () => Promise<T>): Promise<T> {
+/**
+ * Runs `work` in one of the hash slots, waiting for one if need be; a caller whose `signal`
+ * aborts while it waits leaves the queue (its hash is never computed).
+ */
+async function withHashSlot<T>(work: () => Promise<T>, signal?: AbortSignal): Promise<T> {
   if (running >= MAX_CONCURRENT_HASHES) {
     if (waiting.length >= MAX_WAITING_HASHES) throw passwordChecksBusy();
-    await new Promise<void>((resolve) => waiting.push(resolve));
+    signal?.throwIfAborted();
+    await new Promise<void>((start, fail) => {
+      const entry = { start, fail };
+      waiting.push(entry);
+      signal?.addEventListener("abort", () => {
+        const at = waiting.indexOf(entry);
+        if (at >= 0) {
+          waiting.splice(at, 1);
+          fail(signal.reason);
+        }
+      }, { once: true });
+    });
   } else running++;
   try {
     return await work();
   } finally {
     const next = waiting.shift();
-    if (next) next(); // the slot passes on
+    if (next) next.start(); // the slot passes on
     else running--;
   }
 }
@@ -71,11 +86,12 @@ export function normalizePassword(password: string): string {
 
 /**
  * Hashes a password (normalised first) into a PHC string.
- * @throws `SERVICE_UNAVAILABLE` when too many password checks are waiting.
+ * @throws `SERVICE_UNAVAILABLE` when too many password checks are waiting; `signal`'s reason
+ * when it aborts while this one waits.
  */
-export async function hashPassword(password: string): Promise<string> {
+export async function hashPassword(password: string, signal?: AbortSignal): Promise<string> {
   const salt = crypto.getRandomValues(new Uint8Array(SALT_BYTES));
-  const key = await withHashSlot(() => derive(normalizePassword(password), salt, COST));
+  const key = await withHashSlot(() => derive(normalizePassword(password), salt, COST), signal);
   return `$scrypt$ln=${COST.ln},r=${COST.r},p=${COST.p}$${b64(salt)}$${b64(key)}`;
 }
 
@@ -85,14 +101,19 @@ const PHC = /^\$scrypt\$ln=(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})\$([A-Za-z0-9+/]+)\$
  * True when `password` (normalised first) matches `stored`, a PHC string of `hashPassword`.
  * With `stored` null (an unknown user, a guest account) it checks against a dummy hash of the
  * same cost and returns false, so every failure takes about the same time.
- * @throws `SERVICE_UNAVAILABLE` when too many password checks are waiting.
+ * @throws `SERVICE_UNAVAILABLE` when too many password checks are waiting; `signal`'s reason
+ * when it aborts while this one waits.
  */
-export async function verifyPassword(password: string, stored: string | null): Promise<boolean> {
+export async function verifyPassword(
+  password: string,
+  stored: string | null,
+  signal?: AbortSignal,
+): Promise<boolean> {
   const match = PHC.exec(stored ?? "") ?? PHC.exec(await dummyHash())!;
   const cost = { ln: Number(match[1]), r: Number(match[2]), p: Number(match[3]) };
   const salt = Buffer.from(match[4], "base64");
   const expected = Buffer.from(match[5], "base64");
-  const key = await withHashSlot(() => derive(normalizePassword(password), salt, cost));
+  const key = await withHashSlot(() => derive(normalizePassword(password), salt, cost), signal);
   const equal = key.length === expected.length && timingSafeEqual(key, expected);
   return stored !== null && equal;
 }

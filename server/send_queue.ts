@@ -10,6 +10,7 @@
  */
 import {
   isClientIdConflict,
+  isSenderGone,
   type SendInput,
   sendMessage,
   sendMessages,
@@ -150,9 +151,10 @@ export class SendQueue {
         for (const pending of expired) pending.reject(error);
         return batch.filter((pending) => !pending.signal.aborted);
       }
-      if (isClientIdConflict(error)) {
-        // Two sends with one clientMessageId met: nothing was stored; one by one, the second
-        // finds the first.
+      if (isClientIdConflict(error) || isSenderGone(error)) {
+        // Two sends with one clientMessageId met, or a sender's account was deleted meanwhile:
+        // nothing was stored; one by one, the second finds the first, the deleted sender's
+        // send is refused alone.
         for (const pending of batch) {
           await sendMessage(this.#sql, pending.input, pending.signal).then(
             pending.resolve,

@@ -181,11 +181,16 @@ function skeleton(text: string): string {
 }
 
 /** Names no account may take: the name a deleted account's messages show (db/accounts.ts). */
-const RESERVED = [usernameKeys("Deleted user")];
+const RESERVED = [usernameKeys("Deleteduser")];
 
-/** True when `username` is, or looks like, a reserved name (by any of its keys). */
+/**
+ * True when `username` is, or looks like, a reserved name: compared by every key once spaces,
+ * `_ . -` and digits are left out ("Deleted_user", "Deleted user 2", "DeIeted user").
+ */
 export function isReservedUsername(username: string): boolean {
-  const keys = usernameKeys(username);
+  const bare = username.replace(/[\s_.\-\p{Nd}]/gu, "");
+  if (bare === "") return false;
+  const keys = usernameKeys(bare);
   return RESERVED.some((reserved) =>
     reserved.key === keys.key || reserved.skeleton === keys.skeleton ||
     reserved.skeletonI === keys.skeletonI

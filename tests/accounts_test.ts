@@ -540,7 +540,17 @@ Deno.test("accounts: setPassword, sessions ended from another device, deletion",
     });
 
     await t.step("the name deleted accounts show is reserved, in any case or look", async () => {
-      for (const username of ["Deleted user", "deleted USER", "DeIeted user"]) {
+      for (
+        const username of [
+          "Deleted user",
+          "deleted USER",
+          "DeIeted user",
+          "Deleted_user",
+          "Deleted-user",
+          "Deleted user 2",
+          "Deleted user.",
+        ]
+      ) {
         const error = await callError(anon.users.create.mutate({ username }));
         assert.equal(error.data?.code, "BAD_REQUEST");
         assert.match(error.message, /reserved/);
@@ -595,6 +605,74 @@ Deno.test("accounts: setPassword, sessions ended from another device, deletion",
         );
       },
     );
+
+    await t.step(
+      "wrong current passwords lock the account, and renaming it does not help",
+      async () => {
+        const username = name("rename");
+        const owner = await anon.users.create.mutate({ username, password: "the real one" });
+        const thief = client(env, { token: owner.token });
+        for (let i = 0; i < 10; i++) {
+          assert.equal(
+            await errorCode(
+              thief.users.setPassword.mutate({
+                password: "taken over",
+                currentPassword: `guess ${i}`,
+              }),
+            ),
+            "FORBIDDEN",
+          );
+        }
+        await thief.users.update.mutate({ username: name("renamed") });
+        assert.equal(
+          await errorCode(
+            thief.users.setPassword.mutate({
+              password: "taken over",
+              currentPassword: "the real one",
+            }),
+          ),
+          "TOO_MANY_REQUESTS",
+        );
+      },
+    );
+
+    await t.step("sends racing the deletion never keep the person's name", async () => {
+      const friend = await anon.users.create.mutate({ username: name("host") });
+      const room = await client(env, { token: friend.token }).rooms.create.mutate({ name: "Race" });
+      const doomed = await anon.users.create.mutate({
+        username: name("racer"),
+        avatarUrl: "https://cdn.example.com/racer.png",
+      });
+      const racer = client(env, { token: doomed.token });
+      await racer.rooms.join.mutate({ roomId: room.id });
+      let sending = true;
+      const outcomes: string[] = [];
+      const senders = Array.from({ length: 4 }, async (_, n) => {
+        for (let i = 0; sending; i++) {
+          outcomes.push(
+            await errorCode(racer.messages.send.mutate({ roomId: room.id, content: `${n}:${i}` })),
+          );
+        }
+      });
+      await new Promise((r) => setTimeout(r, 150));
+      await racer.users.delete.mutate({});
+      await new Promise((r) => setTimeout(r, 100));
+      sending = false;
+      await Promise.all(senders);
+      const rows = await env.sql<{ userId: string | null; username: string; avatarUrl: string }[]>`
+        select user_id, username, avatar_url from messages where room_id = ${room.id}
+      `;
+      assert.ok(rows.length > 0, "some sends landed before the deletion");
+      for (const row of rows) {
+        assert.deepEqual([row.userId, row.username, row.avatarUrl], [null, "Deleted user", null]);
+      }
+      // After the deletion every send is refused as unauthenticated, never as a server error.
+      assert.deepEqual(
+        [...new Set(outcomes)].filter((code) => code !== "OK" && code !== "UNAUTHORIZED"),
+        [],
+      );
+      assert.ok(!env.log.lines.some((line) => /deadlock/.test(line)), env.log.lines.join("\n"));
+    });
 
     await t.step("a guest deletes their account without a password", async () => {
       const guest = await anon.users.create.mutate({ username: name("guestgone") });

@@ -212,6 +212,57 @@ Deno.test("auth.exchange with a JWKS: verified tokens sign in, others never crea
     });
   });
 
+  await t.step("a password or a deletion needs a recent sign-in through the provider", async () => {
+    const sub = crypto.randomUUID();
+    const exchangeFor = async () =>
+      await anon.auth.exchange.mutate({
+        idToken: await sign(rsa.privateKey, "RS256", { sub, name: "Proof" }, "rsa-1"),
+      });
+    const old = await exchangeFor();
+    // The session is 11 minutes old: a stolen one must not be able to set a first password.
+    const age = (token: string) =>
+      env.sql`
+        update tokens set created_at = now() - interval '11 minutes'
+        where hash = encode(sha256(${token}::bytea), 'hex')
+      `;
+    await age(old.token);
+    const stale = client(env, { token: old.token });
+    const refused = await callError(stale.users.setPassword.mutate({ password: "thief's choice" }));
+    assert.equal(refused.data?.code, "FORBIDDEN");
+    assert.match(refused.message, /sign in with it again \(auth\.exchange\)/);
+    assert.equal(await errorCode(stale.users.delete.mutate({})), "FORBIDDEN");
+    // A fresh exchange vouches for the owner: a password may be set, and later reset.
+    const fresh = client(env, { token: (await exchangeFor()).token });
+    assert.deepEqual(await fresh.users.setPassword.mutate({ password: "owner's first" }), {
+      ok: true,
+      sessionsEnded: 0,
+    });
+    const again = client(env, { token: (await exchangeFor()).token });
+    assert.equal(
+      (await again.users.setPassword.mutate({ password: "owner's second" })).ok,
+      true,
+    );
+    // An old session needs the current password; a password change ended the others.
+    assert.equal(await errorCode(stale.users.me.query()), "UNAUTHORIZED");
+    const signedIn = await anon.auth.signIn.mutate({
+      username: old.user.username,
+      password: "owner's second",
+    });
+    await age(signedIn.token);
+    const withPassword = client(env, { token: signedIn.token });
+    assert.equal(
+      await errorCode(withPassword.users.setPassword.mutate({ password: "third one here" })),
+      "BAD_REQUEST",
+    );
+    assert.equal(
+      (await withPassword.users.setPassword.mutate({
+        password: "third one here",
+        currentPassword: "owner's second",
+      })).ok,
+      true,
+    );
+  });
+
   await t.step("input limits: empty or over 16 KiB is BAD_REQUEST", async () => {
     assert.equal(await errorCode(anon.auth.exchange.mutate({ idToken: "" })), "BAD_REQUEST");
     assert.equal(
@@ -305,6 +356,15 @@ Deno.test("the AUTH_* and SESSION_TTL settings are checked at startup", () => {
     },
   });
   assert.equal(loadConfig(base).accounts.sessionTtlSeconds, 2_592_000);
+  // Outside production a short HS256 secret works, with a warning.
+  const short = loadConfig({
+    ...base,
+    AUTH_JWT_SECRET: "dev-secret",
+    AUTH_ISSUER: ISSUER,
+    AUTH_AUDIENCE: "a",
+  });
+  assert.equal(short.accounts.idTokens?.secret, "dev-secret");
+  assert.ok(short.warnings.some((w) => /32 bytes/.test(w)));
   assert.equal(loadConfig(base).accounts.idTokens, null);
   assert.equal(
     loadConfig({
@@ -322,7 +382,13 @@ Deno.test("the AUTH_* and SESSION_TTL settings are checked at startup", () => {
     ],
     [{ AUTH_JWKS_URL: "https://idp.example.com/jwks", AUTH_AUDIENCE: "a" }, /AUTH_ISSUER/],
     [{ AUTH_JWKS_URL: "https://idp.example.com/jwks", AUTH_ISSUER: ISSUER }, /AUTH_AUDIENCE/],
-    [{ AUTH_JWT_SECRET: "short", AUTH_ISSUER: ISSUER, AUTH_AUDIENCE: "a" }, /32 bytes/],
+    [{
+      AUTH_JWT_SECRET: "short",
+      AUTH_ISSUER: ISSUER,
+      AUTH_AUDIENCE: "a",
+      DENO_ENV: "production",
+      DATABASE_URL: "postgres://db.example.com/app",
+    }, /32 bytes/],
     [{
       AUTH_JWT_SECRET: "x".repeat(32),
       AUTH_JWKS_URL: "https://idp.example.com/jwks",

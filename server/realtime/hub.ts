@@ -289,12 +289,9 @@ export class Hub {
     await this.#announceAccess(`logout:${tokenHash}`);
   }
 
-  /**
-   * Announces that every session of a user but the one of `exceptTokenHash` ended (other
-   * sessions revoked, or the account deleted): their subscriptions end on every instance.
-   */
-  async announceUserSessionsEnded(userId: string, exceptTokenHash = ""): Promise<void> {
-    await this.#announceAccess(`user:${userId}:${exceptTokenHash}`);
+  /** Announces that these sessions ended (`announceLogout` for each). */
+  async announceLogouts(tokenHashes: readonly string[]): Promise<void> {
+    for (const tokenHash of tokenHashes) await this.announceLogout(tokenHash);
   }
 
   /**
@@ -302,8 +299,10 @@ export class Hub {
    * rooms' recent messages in memory are dropped where they hold its messages, so that replays
    * read them from Postgres as a deleted user's (see db/accounts.ts).
    */
-  async announceAccountDeleted(userId: string): Promise<void> {
+  async announceAccountDeleted(userId: string, tokenHashes: readonly string[]): Promise<void> {
     await this.#announceAccess(`deleted:${userId}`);
+    // Also as sign-outs, which instances of the previous release understand (rolling deploys).
+    await this.announceLogouts(tokenHashes);
   }
 
   /** Ends this instance's affected subscriptions at once, then tells the other instances. */
@@ -444,9 +443,6 @@ export class Hub {
         onRevoke("left");
       }
       if (kind === "logout" && holder.tokenHash === a) onRevoke("logged_out");
-      if (kind === "user" && (unknown || holder.userId === a) && holder.tokenHash !== b) {
-        onRevoke("logged_out");
-      }
       if (kind === "deleted" && (unknown || holder.userId === a)) onRevoke("logged_out");
     }
   }

@@ -91,8 +91,8 @@ export const authRouter = router({
   /** Ends every session of the caller but the current one: `{ ended }`. */
   revokeOthers: authedProcedure.mutation(async ({ ctx }) => {
     const ended = await revokeOtherSessions(ctx.sql, ctx.user.id, ctx.tokenHash);
-    if (ended > 0) await ctx.hub.announceUserSessionsEnded(ctx.user.id, ctx.tokenHash);
-    return { ended };
+    await ctx.hub.announceLogouts(ended);
+    return { ended: ended.length };
   }),
 
   /** Ends the caller's session; its subscriptions end on every instance. Never rate-limited. */

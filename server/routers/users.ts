@@ -4,7 +4,8 @@ import { z } from "zod";
 import { deleteUser, setPasswordHash } from "../../db/accounts.ts";
 import { revokeOtherSessions, revokeToken } from "../../db/sessions.ts";
 import { updateUser } from "../../db/users.ts";
-import { requireCurrentPassword, signUp } from "../accounts.ts";
+import { requireProof, signUp } from "../accounts.ts";
+import type { Context } from "../context.ts";
 import { usernameReserved } from "../errors.ts";
 import { hashPassword } from "../password.ts";
 import { isReservedUsername } from "../username_key.ts";
@@ -21,7 +22,9 @@ export const usersRouter = router({
     .input(z.object({ username, avatarUrl: imageUrl.optional(), password: password.optional() }))
     .mutation(async ({ ctx, input }) => {
       if (isReservedUsername(input.username)) throw usernameReserved();
-      const passwordHash = input.password === undefined ? null : await hashPassword(input.password);
+      const passwordHash = input.password === undefined
+        ? null
+        : await hashPassword(input.password, ctx.deadline);
       return await signUp(
         {
           sql: ctx.sql,
@@ -57,26 +60,29 @@ export const usersRouter = router({
     }),
 
   /**
-   * Sets the password (`currentPassword` is required when one exists). Changing a password
-   * ends every other session of the account, on every instance; the caller's stays.
+   * Sets the password: `currentPassword` is required when one exists; an account from the
+   * identity provider needs a sign-in through it (`auth.exchange`) in the last 10 minutes
+   * instead, or the current password (see `requireProof`). Changing a password ends every
+   * other session of the account, on every instance; the caller's stays. Counted against the
+   * user's rate and, as a password check, against the client address's sign-in rate.
    * `{ ok, sessionsEnded }`.
    */
   setPassword: writeProcedure("creates")
     .input(z.object({ password, currentPassword: passwordAttempt.optional() }))
     .mutation(async ({ ctx, input }) => {
-      await requireCurrentPassword(ctx.sql, ctx.user, input.currentPassword, "currentPassword");
-      const hash = await hashPassword(input.password);
+      await countPasswordCheck(ctx);
+      const caller = { user: ctx.user, tokenHash: ctx.tokenHash, signal: ctx.deadline };
+      await requireProof(ctx.sql, caller, input.currentPassword, "currentPassword");
+      const hash = await hashPassword(input.password, ctx.deadline);
       if (!(await setPasswordHash(ctx.sql, ctx.user.id, hash))) {
         throw new TRPCError({ code: "NOT_FOUND", message: "User no longer exists" });
       }
-      let sessionsEnded = 0;
+      let ended: string[] = [];
       if (ctx.user.hasPassword) {
-        sessionsEnded = await revokeOtherSessions(ctx.sql, ctx.user.id, ctx.tokenHash);
-        if (sessionsEnded > 0) {
-          await ctx.hub.announceUserSessionsEnded(ctx.user.id, ctx.tokenHash);
-        }
+        ended = await revokeOtherSessions(ctx.sql, ctx.user.id, ctx.tokenHash);
+        await ctx.hub.announceLogouts(ended);
       }
-      return { ok: true as const, sessionsEnded };
+      return { ok: true as const, sessionsEnded: ended.length };
     }),
 
   /**
@@ -89,18 +95,34 @@ export const usersRouter = router({
   }),
 
   /**
-   * Deletes the caller's account (`password` is required when it has one): its sessions end
+   * Deletes the caller's account (`password` is required when it has one; see `requireProof`
+   * for accounts from the identity provider): its sessions end
    * and its subscriptions with them, on every instance; its memberships go and its name is
    * free again; its messages stay in history as a deleted user's (`userId` null, no avatar).
    */
   delete: writeProcedure("creates")
     .input(z.object({ password: passwordAttempt.optional() }))
     .mutation(async ({ ctx, input }) => {
-      await requireCurrentPassword(ctx.sql, ctx.user, input.password, "password");
-      if (!(await deleteUser(ctx.sql, ctx.user.id))) {
+      await countPasswordCheck(ctx);
+      const caller = { user: ctx.user, tokenHash: ctx.tokenHash, signal: ctx.deadline };
+      await requireProof(ctx.sql, caller, input.password, "password");
+      const ended = await deleteUser(ctx.sql, ctx.user.id);
+      if (!ended) {
         throw new TRPCError({ code: "NOT_FOUND", message: "User no longer exists" });
       }
-      await ctx.hub.announceAccountDeleted(ctx.user.id);
+      await ctx.hub.announceAccountDeleted(ctx.user.id, ended);
       return { ok: true as const };
     }),
 });
+
+/**
+ * Counts a password check by a signed-in caller against the client address's sign-in rate too:
+ * new guest accounts would otherwise multiply one address's share of the hash slots.
+ */
+async function countPasswordCheck(ctx: Context): Promise<void> {
+  await ctx.writes.consume("signIns", {
+    userId: null,
+    connection: ctx.connection.key,
+    address: ctx.address,
+  });
+}
