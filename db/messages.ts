@@ -1,5 +1,5 @@
 /** Queries on messages, numbered 1, 2, 3, ... per room with no gaps. */
-import { postgres, type Sql } from "./mod.ts";
+import { postgres, type Queryable, type Sql } from "./mod.ts";
 
 /**
  * A message as the API returns it; `username` and `avatarUrl` are the sender's at sending
@@ -13,9 +13,27 @@ export interface Message {
   userId: string | null;
   username: string;
   avatarUrl: string | null;
+  /** Empty once the message is deleted. */
   content: string;
   clientMessageId: string | null;
   createdAt: Date;
+  /** When its content was last edited, or null. */
+  editedAt: Date | null;
+  /** When it was deleted, or null; a deleted message keeps its seq, with empty content. */
+  deletedAt: Date | null;
+  /**
+   * Its reactions, one entry per emoji in the order first used: how many users reacted with it
+   * and whether the caller is one of them. Empty on a message as it is created (fan-out).
+   */
+  reactions: Reaction[];
+}
+
+/** One emoji's reactions to a message, as seen by one caller. */
+export interface Reaction {
+  emoji: string;
+  count: number;
+  /** True when the caller reacted with this emoji. */
+  mine: boolean;
 }
 
 /** What `sendMessage` did. */
@@ -38,7 +56,7 @@ export interface SendInput {
 type SendRow = {
   ord: number;
   status: "created" | "existing" | "unauthenticated" | "room_not_found" | "not_member";
-} & Message;
+} & Omit<Message, "reactions">;
 
 /**
  * Stores one message with the next `seq` of its room. See `sendMessages`, of which it is the
@@ -172,7 +190,9 @@ export async function sendMessages(
       coalesce(i.avatar_url, e.avatar_url) as avatar_url,
       coalesce(i.content, e.content) as content,
       coalesce(i.client_message_id, e.client_message_id) as client_message_id,
-      coalesce(i.created_at, e.created_at) as created_at
+      coalesce(i.created_at, e.created_at) as created_at,
+      coalesce(i.edited_at, e.edited_at) as edited_at,
+      coalesce(i.deleted_at, e.deleted_at) as deleted_at
     from resolved r
     left join fresh f on f.ord = r.ord
     left join room on true
@@ -188,7 +208,8 @@ export async function sendMessages(
   if (signal?.aborted) cancel();
   signal?.addEventListener("abort", cancel, { once: true });
   const rows = await statement.finally(() => signal?.removeEventListener("abort", cancel));
-  return rows.map(({ ord: _ord, status, ...message }, i): SendResult => {
+  return rows.map(({ ord: _ord, status, ...row }, i): SendResult => {
+    const message = { ...row, reactions: [] };
     if (status === "created") return { status, message };
     if (status === "existing") return compareRetry(message, inputs[i]);
     return { status };
@@ -207,13 +228,13 @@ export async function findByClientId(
   tokenHash: string,
   clientMessageId: string,
 ): Promise<Message | undefined> {
-  const [message] = await sql<[Message?]>`
+  const [message] = await sql<[Omit<Message, "reactions">?]>`
     select m.id, m.room_id, m.seq, m.user_id, m.username, m.avatar_url, m.content,
-      m.client_message_id, m.created_at
+      m.client_message_id, m.created_at, m.edited_at, m.deleted_at
     from messages m join tokens t on t.user_id = m.user_id
     where t.hash = ${tokenHash} and m.client_message_id = ${clientMessageId}
   `;
-  return message;
+  return message && { ...message, reactions: [] };
 }
 
 /** Options of `listMessages`: exclusive bounds, at most one of them. */
@@ -224,30 +245,191 @@ export interface ListOptions {
 }
 
 /**
- * A page of a room's messages in ascending `seq`: the oldest `limit` above
- * `afterSeq`, or else the newest `limit` below `beforeSeq` (or overall).
+ * A page of a room's messages in ascending `seq`, in their current state (edits, deletions,
+ * reactions): the oldest `limit` above `afterSeq`, or else the newest `limit` below `beforeSeq`
+ * (or overall). `viewerId` marks the caller's own reactions (`mine`); without it, reactions are
+ * left out (`[]`), as in fan-out.
  */
 export async function listMessages(
   sql: Sql,
   roomId: string,
   options: ListOptions,
+  viewerId?: string,
 ): Promise<Message[]> {
-  if (options.afterSeq !== undefined) {
-    return await sql<Message[]>`
-      select id, room_id, seq, user_id, username, avatar_url, content, client_message_id, created_at
-      from messages
-      where room_id = ${roomId} and seq > ${options.afterSeq}
-      order by seq
-      limit ${options.limit}
-    `;
-  }
-  const below = options.beforeSeq === undefined ? sql`` : sql`and seq < ${options.beforeSeq}`;
+  const forward = options.afterSeq !== undefined;
+  const bound = forward
+    ? sql`and seq > ${options.afterSeq!}`
+    : options.beforeSeq === undefined
+    ? sql``
+    : sql`and seq < ${options.beforeSeq}`;
+  const order = forward ? sql`order by seq` : sql`order by seq desc`;
+  const reactions = viewerId === undefined ? sql`'[]'::json` : reactionsOf(sql, viewerId);
   const rows = await sql<Message[]>`
-    select id, room_id, seq, user_id, username, avatar_url, content, client_message_id, created_at
-    from messages
-    where room_id = ${roomId} ${below}
-    order by seq desc
-    limit ${options.limit}
+    select m.id, m.room_id, m.seq, m.user_id, m.username, m.avatar_url, m.content,
+      m.client_message_id, m.created_at, m.edited_at, m.deleted_at, ${reactions} as reactions
+    from (
+      select * from messages where room_id = ${roomId} ${bound} ${order} limit ${options.limit}
+    ) m
+    ${order}
   `;
-  return rows.reverse();
+  return forward ? rows : rows.reverse();
+}
+
+/** What an edit, a deletion or a reaction found. */
+export type ChangeResult<T> =
+  | { status: "ok"; value: T }
+  | { status: "not_found" | "forbidden" | "deleted" | "too_many_emoji" };
+
+/**
+ * Replaces the content of a message of `roomId` by its author and stamps `editedAt`.
+ * `not_found` when the room holds no such message, `forbidden` when `userId` did not write it,
+ * `deleted` when it was deleted.
+ */
+export async function editMessage(
+  sql: Sql,
+  key: { roomId: string; messageId: string; userId: string },
+  content: string,
+): Promise<ChangeResult<Message>> {
+  return await sql.begin(async (sql) => {
+    const [found] = await sql<[{ userId: string | null; deletedAt: Date | null }?]>`
+      select user_id, deleted_at from messages
+      where id = ${key.messageId} and room_id = ${key.roomId}
+      for update
+    `;
+    if (!found) return { status: "not_found" };
+    if (found.userId !== key.userId) return { status: "forbidden" };
+    if (found.deletedAt !== null) return { status: "deleted" };
+    await sql`
+      update messages set content = ${content}, edited_at = now() where id = ${key.messageId}
+    `;
+    return { status: "ok", value: await currentMessage(sql, key.messageId, key.userId) };
+  });
+}
+
+/**
+ * Deletes a message of `roomId`: its content is emptied, `deletedAt` stamped and its reactions
+ * dropped; it keeps its seq. Allowed to its author and to the room's creator; deleting a
+ * deleted message changes nothing. `not_found` / `forbidden` as `editMessage`.
+ */
+export async function deleteMessage(
+  sql: Sql,
+  key: { roomId: string; messageId: string; userId: string },
+): Promise<ChangeResult<Message>> {
+  return await sql.begin(async (sql) => {
+    const [found] = await sql<
+      [{ userId: string | null; deletedAt: Date | null; roomCreator: string | null }?]
+    >`
+      select m.user_id, m.deleted_at, r.created_by as room_creator
+      from messages m join rooms r on r.id = m.room_id
+      where m.id = ${key.messageId} and m.room_id = ${key.roomId}
+      for update of m
+    `;
+    if (!found) return { status: "not_found" };
+    if (found.userId !== key.userId && found.roomCreator !== key.userId) {
+      return { status: "forbidden" };
+    }
+    if (found.deletedAt === null) {
+      await sql`
+        update messages set content = '', deleted_at = now() where id = ${key.messageId}
+      `;
+      await sql`delete from message_reactions where message_id = ${key.messageId}`;
+    }
+    return { status: "ok", value: await currentMessage(sql, key.messageId, key.userId) };
+  });
+}
+
+/** Most distinct emoji on one message. */
+export const MAX_EMOJI_PER_MESSAGE = 20;
+
+/** A reaction as it changed: who, which emoji, whether it was added, and its count now. */
+export interface ReactionChange {
+  messageId: string;
+  emoji: string;
+  userId: string;
+  added: boolean;
+  count: number;
+}
+
+/**
+ * Adds (`on`) or removes the user's reaction `emoji` to a message of `roomId`; adding one
+ * already there, or removing one that is not, changes nothing. `not_found` as `editMessage`,
+ * `deleted` for a deleted message, `too_many_emoji` when it would be the message's
+ * `MAX_EMOJI_PER_MESSAGE + 1`-th distinct emoji. The message row is locked, so concurrent
+ * reactions count right.
+ */
+export async function reactToMessage(
+  sql: Sql,
+  key: { roomId: string; messageId: string; userId: string },
+  emoji: string,
+  on: boolean,
+): Promise<ChangeResult<ReactionChange>> {
+  return await sql.begin(async (sql) => {
+    const [found] = await sql<[{ deletedAt: Date | null }?]>`
+      select deleted_at from messages
+      where id = ${key.messageId} and room_id = ${key.roomId}
+      for update
+    `;
+    if (!found) return { status: "not_found" };
+    if (found.deletedAt !== null) return { status: "deleted" };
+    let added = false;
+    if (on) {
+      const [{ known, distinct }] = await sql<[{ known: boolean; distinct: number }]>`
+        select bool_or(emoji = ${emoji}) is true as known, count(distinct emoji)::int as distinct
+        from message_reactions where message_id = ${key.messageId}
+      `;
+      if (!known && distinct >= MAX_EMOJI_PER_MESSAGE) return { status: "too_many_emoji" };
+      const inserted = await sql`
+        insert into message_reactions (message_id, emoji, user_id)
+        values (${key.messageId}, ${emoji}, ${key.userId})
+        on conflict do nothing
+        returning 1
+      `;
+      added = inserted.length > 0;
+    } else {
+      await sql`
+        delete from message_reactions
+        where message_id = ${key.messageId} and emoji = ${emoji} and user_id = ${key.userId}
+      `;
+    }
+    const [{ count }] = await sql<[{ count: number }]>`
+      select count(*)::int as count from message_reactions
+      where message_id = ${key.messageId} and emoji = ${emoji}
+    `;
+    return {
+      status: "ok",
+      value: { messageId: key.messageId, emoji, userId: key.userId, added, count },
+    };
+  });
+}
+
+/** A message in its current state, reactions marked for `viewerId`. */
+async function currentMessage(
+  sql: Queryable,
+  messageId: string,
+  viewerId: string,
+): Promise<Message> {
+  const [message] = await sql<[Message]>`
+    select m.id, m.room_id, m.seq, m.user_id, m.username, m.avatar_url, m.content,
+      m.client_message_id, m.created_at, m.edited_at, m.deleted_at,
+      ${reactionsOf(sql, viewerId)} as reactions
+    from messages m where m.id = ${messageId}
+  `;
+  return message;
+}
+
+/**
+ * The `reactions` column of the message aliased `m`, for `viewerId`: a JSON array of
+ * `{ emoji, count, mine }`, one per emoji in the order first used.
+ */
+function reactionsOf(sql: Queryable, viewerId: string) {
+  return sql`(
+    select coalesce(json_agg(json_build_object('emoji', x.emoji, 'count', x.n, 'mine', x.mine)
+      order by x.first, x.emoji), '[]'::json)
+    from (
+      select emoji, count(*)::int as n, bool_or(user_id = ${viewerId}) as mine,
+        min(created_at) as first
+      from message_reactions where message_id = m.id
+      group by emoji
+    ) x
+  )`;
 }

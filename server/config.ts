@@ -229,6 +229,7 @@ const RATE_VARIABLES = {
   creates: "RATE_LIMIT_CREATES",
   signups: "RATE_LIMIT_SIGNUPS",
   signIns: "RATE_LIMIT_SIGN_INS",
+  reactions: "RATE_LIMIT_REACTIONS",
   connectionWrites: "RATE_LIMIT_CONNECTION_WRITES",
 } as const;
 

@@ -65,7 +65,7 @@ export interface Rate {
  * spreads one user's HTTP calls over N instances, that user may reach N times a rate.
  */
 export interface AbuseLimits {
-  /** `messages.send`, per user. */
+  /** `messages.send`, `messages.edit` and `messages.delete`, per user. */
   sends: Rate | null;
   /** `rooms.join` and `rooms.leave`, per user. */
   joins: Rate | null;
@@ -75,6 +75,8 @@ export interface AbuseLimits {
   signups: Rate | null;
   /** `auth.signIn` and `auth.exchange`, per client address (see also `SIGN_IN_LOCKOUT`). */
   signIns: Rate | null;
+  /** `messages.react` and `rooms.markRead`, per user (the same default as sends). */
+  reactions: Rate | null;
   /** Every write over one WebSocket connection (over HTTP, the user's rates apply). */
   connectionWrites: Rate | null;
   /** Most open subscriptions on one WebSocket. */
@@ -92,6 +94,7 @@ export const DEFAULT_ABUSE_LIMITS: Readonly<AbuseLimits> = {
   creates: { points: 30, seconds: 60 },
   signups: { points: 60, seconds: 60 },
   signIns: { points: 30, seconds: 60 },
+  reactions: { points: 30, seconds: 10 },
   connectionWrites: { points: 150, seconds: 10 },
   subscriptionsPerSocket: 100,
   connectionsPerAddress: 100,

@@ -130,6 +130,25 @@ export const signInName = text
   .transform((s) => s.trim())
   .refine((s) => s.length >= 1 && length(s) <= 64, "Username must be 1 to 64 characters");
 
+/** One fully-qualified emoji from Unicode's RGI set (UTS #51), by the language's `v` flag. */
+// Built at run time: the client's .d.ts build (scripts/build_client.ts) targets an ES version
+// whose TypeScript refuses the literal's `v` flag.
+const RGI_EMOJI = new RegExp("^\\p{RGI_Emoji}$", "v");
+
+/**
+ * A reaction: one emoji grapheme of Unicode's recommended set (RGI, UTS #51), e.g. 👍, ❤️, 👨‍👩‍👧
+ * or 🇫🇷, checked with the `\p{RGI_Emoji}` property of string (ES2024) rather than a hand list.
+ * An emoji sent without its variation selector ("❤") is taken as its fully-qualified form
+ * ("❤️"), so both count as one reaction.
+ */
+export const emoji = text
+  .refine((s) => s.length <= 64, "Must be one emoji")
+  .transform((s) => RGI_EMOJI.test(s) || !RGI_EMOJI.test(s + "\uFE0F") ? s : s + "\uFE0F")
+  .refine(
+    (s) => RGI_EMOJI.test(s),
+    "Must be one emoji (a single emoji of Unicode's RGI set, e.g. 👍)",
+  );
+
 /** A room name: trimmed, 1..80 characters, no control characters. */
 export const roomName = text
   .transform((s) => s.trim())

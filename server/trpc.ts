@@ -203,6 +203,19 @@ export const memberProcedure = authedProcedure
   });
 
 /**
+ * A write of `kind` by a member of `input.roomId`: counted against the user's and the
+ * connection's rates first, then membership is checked in Postgres.
+ */
+export function memberWriteProcedure(kind: WriteKind) {
+  return writeProcedure(kind)
+    .input(roomInput)
+    .use(async function isMember({ ctx, input, next }) {
+      await requireMember(ctx.sql, { roomId: input.roomId, userId: ctx.user.id });
+      return next();
+    });
+}
+
+/**
  * Maps a constraint violation to an API error (`CONFLICT`, `NOT_FOUND`); returns undefined for
  * anything else (outages become `SERVICE_UNAVAILABLE` in the error formatter, see `retryable`).
  */

@@ -137,6 +137,7 @@ export const BULK_LIMITS: Partial<AbuseLimits> = {
   creates: null,
   signups: null,
   signIns: null,
+  reactions: null,
   connectionWrites: null,
 };
 
@@ -147,6 +148,7 @@ export const BULK_LIMITS_ENV: Record<string, string> = {
   RATE_LIMIT_CREATES: "off",
   RATE_LIMIT_SIGNUPS: "off",
   RATE_LIMIT_SIGN_INS: "off",
+  RATE_LIMIT_REACTIONS: "off",
   RATE_LIMIT_CONNECTION_WRITES: "off",
 };
 

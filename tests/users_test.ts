@@ -453,10 +453,10 @@ Deno.test("users from before migration 00002 get their keys from fillUsernameKey
     await t.step(
       "00002 and 00003 add the keys' unique indexes, drop lower(username)'s",
       async () => {
-        assert.deepEqual(await migrate(sql), [
+        // 00002 and 00003, then every later migration.
+        assert.deepEqual((await migrate(sql)).slice(0, 2), [
           "00002_username_key",
           "00003_username_skeleton_keys",
-          "00004_accounts_and_sessions",
         ]);
         const [row] = await sql`
         select to_regclass('users_username_lower_key') as old,
@@ -551,10 +551,8 @@ Deno.test("users keyed under migration 00002 get all three keys anew after 00003
     const greekNick = await insertUser(sql, "\u039Dick", 2, "vick");
 
     await t.step("00003 clears the old keys; the fill gives the new ones", async () => {
-      assert.deepEqual(await migrate(sql), [
-        "00003_username_skeleton_keys",
-        "00004_accounts_and_sessions",
-      ]);
+      // 00003, then every later migration.
+      assert.deepEqual((await migrate(sql)).slice(0, 1), ["00003_username_skeleton_keys"]);
       const [{ n }] = await sql`select count(*)::int as n from users where username_key is null`;
       assert.equal(n, 2);
       assert.deepEqual(await fillUsernameKeys(sql), { filled: 1, collisions: [greekNick] });

@@ -1,7 +1,15 @@
 /** `messages.*`: send (idempotent on clientMessageId) and page through a room's history. */
 import { TRPCError } from "@trpc/server";
 import { z } from "zod";
-import { listMessages, type Message } from "../../db/messages.ts";
+import {
+  type ChangeResult,
+  deleteMessage,
+  editMessage,
+  listMessages,
+  MAX_EMOJI_PER_MESSAGE,
+  type Message,
+  reactToMessage,
+} from "../../db/messages.ts";
 import { knownUserId, openRoom } from "../access.ts";
 import {
   accessEnded,
@@ -13,8 +21,14 @@ import {
 } from "../errors.ts";
 import { MAX_PAGE_CONTENT_BYTES } from "../limits.ts";
 import { resumePoint, RoomStream } from "../realtime/room_stream.ts";
-import { content, id, limit, seq, text } from "../schemas.ts";
-import { memberProcedure, router, sessionProcedure, sessionWriteProcedure } from "../trpc.ts";
+import { content, emoji, id, limit, seq, text } from "../schemas.ts";
+import {
+  memberProcedure,
+  memberWriteProcedure,
+  router,
+  sessionProcedure,
+  sessionWriteProcedure,
+} from "../trpc.ts";
 
 /** The leading messages of `messages` whose content fits MAX_PAGE_CONTENT_BYTES (at least one). */
 function withinBudget(messages: Message[]): Message[] {
@@ -75,7 +89,7 @@ export const messagesRouter = router({
         ),
     )
     .query(async ({ ctx, input }) => {
-      const fetched = await listMessages(ctx.sql, input.roomId, input);
+      const fetched = await listMessages(ctx.sql, input.roomId, input, ctx.user.id);
       // A page holds at most MAX_PAGE_CONTENT_BYTES of content: cut at the far end from where
       // it was asked (the oldest for a page back, the newest for a page forward).
       const forward = input.afterSeq !== undefined;
@@ -88,6 +102,46 @@ export const messagesRouter = router({
         ? items[items.length - 1].seq
         : null;
       return { items, nextBeforeSeq, nextAfterSeq };
+    }),
+
+  /**
+   * Replaces the content of one's own message (the content rules of `send` apply) and stamps
+   * `editedAt`: the message as it is now.
+   * @throws `FORBIDDEN` for another's message, `NOT_FOUND` for a message of another room,
+   * `CONFLICT` for a deleted one.
+   */
+  edit: memberWriteProcedure("sends")
+    .input(z.object({ messageId: id, content }))
+    .mutation(async ({ ctx, input }) => {
+      const key = { roomId: input.roomId, messageId: input.messageId, userId: ctx.user.id };
+      return changed(await editMessage(ctx.sql, key, input.content), "edit");
+    }),
+
+  /**
+   * Deletes a message (its author, or the room's creator): it keeps its seq with empty
+   * content and `deletedAt`, and loses its reactions; the message as it is now. Deleting it
+   * again changes nothing.
+   * @throws `FORBIDDEN` for anyone else, `NOT_FOUND` for a message of another room.
+   */
+  delete: memberWriteProcedure("sends")
+    .input(z.object({ messageId: id }))
+    .mutation(async ({ ctx, input }) => {
+      const key = { roomId: input.roomId, messageId: input.messageId, userId: ctx.user.id };
+      return changed(await deleteMessage(ctx.sql, key), "delete");
+    }),
+
+  /**
+   * Adds (`on: true`) or removes the caller's reaction with one emoji:
+   * `{ messageId, emoji, userId, added, count }`, `count` being that emoji's reactions now.
+   * Idempotent both ways.
+   * @throws `BAD_REQUEST` for anything but one RGI emoji, or a 21st distinct emoji on the
+   * message; `NOT_FOUND` for a message of another room; `CONFLICT` for a deleted one.
+   */
+  react: memberWriteProcedure("reactions")
+    .input(z.object({ messageId: id, emoji, on: z.boolean() }))
+    .mutation(async ({ ctx, input }) => {
+      const key = { roomId: input.roomId, messageId: input.messageId, userId: ctx.user.id };
+      return changed(await reactToMessage(ctx.sql, key, input.emoji, input.on), "react to");
     }),
 
   onMessage: sessionProcedure
@@ -147,3 +201,27 @@ export const messagesRouter = router({
       return stream;
     }),
 });
+
+/** The value of an edit, deletion or reaction, or the API error for what it found. */
+function changed<T>(result: ChangeResult<T>, verb: string): T {
+  switch (result.status) {
+    case "ok":
+      return result.value;
+    case "not_found":
+      throw new TRPCError({ code: "NOT_FOUND", message: "Message not found in this room" });
+    case "forbidden":
+      throw new TRPCError({
+        code: "FORBIDDEN",
+        message: verb === "delete"
+          ? "Only the message's author or the room's creator can delete it"
+          : `Only the message's author can ${verb} it`,
+      });
+    case "deleted":
+      throw new TRPCError({ code: "CONFLICT", message: `Cannot ${verb} a deleted message` });
+    case "too_many_emoji":
+      throw new TRPCError({
+        code: "BAD_REQUEST",
+        message: `A message holds at most ${MAX_EMOJI_PER_MESSAGE} different emoji`,
+      });
+  }
+}

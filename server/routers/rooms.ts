@@ -11,8 +11,16 @@ import {
   listRooms,
   updateRoom,
 } from "../../db/rooms.ts";
-import { id, imageUrl, limit, roomName } from "../schemas.ts";
-import { memberProcedure, publicProcedure, router, writeProcedure } from "../trpc.ts";
+import { listMyRooms, markRead } from "../../db/reads.ts";
+import { id, imageUrl, limit, roomName, seq } from "../schemas.ts";
+import {
+  authedProcedure,
+  memberProcedure,
+  memberWriteProcedure,
+  publicProcedure,
+  router,
+  writeProcedure,
+} from "../trpc.ts";
 
 const roomInput = z.object({ roomId: id });
 
@@ -76,4 +84,26 @@ export const roomsRouter = router({
   }),
 
   members: memberProcedure.query(({ ctx, input }) => listMembers(ctx.sql, input.roomId)),
+
+  /**
+   * Marks the room read up to `seq` (capped at its last message): `{ lastReadSeq }`, which
+   * never moves backwards.
+   */
+  markRead: memberWriteProcedure("reactions")
+    .input(z.object({ seq }))
+    .mutation(async ({ ctx, input }) => {
+      const lastReadSeq = await markRead(
+        ctx.sql,
+        { roomId: input.roomId, userId: ctx.user.id },
+        input.seq,
+      );
+      if (lastReadSeq === undefined) throw roomNotFound(input.roomId);
+      return { lastReadSeq };
+    }),
+
+  /**
+   * The caller's rooms, most recently active first, each with `unreadCount` (others' messages
+   * after the read position), `lastMessage` and `lastReadSeq`: the front end's room list.
+   */
+  mine: authedProcedure.query(({ ctx }) => listMyRooms(ctx.sql, ctx.user.id)),
 });
