@@ -93,7 +93,7 @@ export const DEFAULT_ABUSE_LIMITS: Readonly<AbuseLimits> = {
   joins: { points: 30, seconds: 60 },
   creates: { points: 30, seconds: 60 },
   signups: { points: 60, seconds: 60 },
-  signIns: { points: 30, seconds: 60 },
+  signIns: { points: 60, seconds: 60 },
   reactions: { points: 30, seconds: 10 },
   connectionWrites: { points: 150, seconds: 10 },
   subscriptionsPerSocket: 100,

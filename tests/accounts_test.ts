@@ -767,3 +767,28 @@ Deno.test({ name: ACROSS, ignore: needsRealPostgres(ACROSS) }, async () => {
     for (const c of open) await c.close();
   }
 });
+
+Deno.test("sign-ins and password checks share a rate per client address", async () => {
+  await using env = await startTestEnv({
+    limits: { ...BULK_LIMITS, signIns: { points: 3, seconds: 60 } },
+  });
+  const anon = client(env);
+  const username = name("rated");
+  const created = await anon.users.create.mutate({ username, password: "rate me please" });
+  await anon.auth.signIn.mutate({ username, password: "rate me please" });
+  assert.equal(
+    await errorCode(anon.auth.signIn.mutate({ username: name("nobody"), password: "whatever!" })),
+    "UNAUTHORIZED",
+  );
+  // The third password check from this address: a signed-in user's own, counted too.
+  await client(env, { token: created.token }).users.setPassword.mutate({
+    password: "a new password",
+    currentPassword: "rate me please",
+  });
+  const refused = await callError(
+    anon.auth.signIn.mutate({ username, password: "a new password" }),
+  );
+  assert.equal(refused.data?.code, "TOO_MANY_REQUESTS");
+  assert.match(refused.message, /too many sign-ins from this address/);
+  assert.ok((refused.data as { retryAfterMs: number }).retryAfterMs > 0);
+});
