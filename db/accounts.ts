@@ -22,17 +22,6 @@ export async function findCredentials(
   return row;
 }
 
-/** The user's password hash (null for a guest account), or undefined when there is no user. */
-export async function getPasswordHash(
-  sql: Sql,
-  userId: string,
-): Promise<string | null | undefined> {
-  const [row] = await sql<[{ passwordHash: string | null }?]>`
-    select password_hash from users where id = ${userId}
-  `;
-  return row?.passwordHash;
-}
-
 /** Sets the user's password hash; false when there is no such user. */
 export async function setPasswordHash(sql: Sql, userId: string, hash: string): Promise<boolean> {
   const rows = await sql`update users set password_hash = ${hash} where id = ${userId} returning 1`;

@@ -66,12 +66,18 @@ async function openSession(
 
 /**
  * Creates an account and its first session; with a password hash, a full account, else a
- * guest one.
- * @throws `CONFLICT` (through the unique index) when the name is taken.
+ * guest one; with an identity, one the identity provider vouched for (`auth.exchange`).
+ * @throws `CONFLICT` (through the unique index) when the name is taken; a unique violation on
+ * `identities_pkey` when the identity already has an account.
  */
 export async function signUp(
   place: SessionPlace,
-  input: { username: string; avatarUrl: string | null; passwordHash: string | null },
+  input: {
+    username: string;
+    avatarUrl: string | null;
+    passwordHash: string | null;
+    identity?: { issuer: string; subject: string };
+  },
 ): Promise<OpenedSession> {
   const token = newToken();
   const { user, expiresAt } = await createAccount(place.sql, {
@@ -80,7 +86,7 @@ export async function signUp(
       tokenHash: hashToken(token),
       userAgent: place.userAgent,
       ttlSeconds: place.ttlSeconds,
-      openedBy: "sign-up",
+      openedBy: input.identity ? "identity-provider" : "sign-up",
     },
   });
   return { user, token, expiresAt };
@@ -216,21 +222,8 @@ export async function exchange(place: SessionPlace, claims: IdClaims): Promise<O
       : attempt <= NUMBERED_TRIES
       ? `${base}${attempt + 1}`
       : `${base}-${crypto.randomUUID().slice(0, 6)}`;
-    const token = newToken();
     try {
-      const { user, expiresAt } = await createAccount(place.sql, {
-        username,
-        avatarUrl,
-        passwordHash: null,
-        identity,
-        session: {
-          tokenHash: hashToken(token),
-          userAgent: place.userAgent,
-          ttlSeconds: place.ttlSeconds,
-          openedBy: "identity-provider",
-        },
-      });
-      return { user, token, expiresAt };
+      return await signUp(place, { username, avatarUrl, passwordHash: null, identity });
     } catch (error) {
       if (!(error instanceof postgres.PostgresError) || error.code !== "23505") throw error;
       if (error.constraint_name === "identities_pkey") {
