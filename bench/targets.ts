@@ -323,18 +323,22 @@ function messageRow(rooms: BenchRoom[], worker: number, content: string) {
 
 /**
  * The seq-numbering transaction a send needs at the least, as postgres.js runs it:
- * `BEGIN; UPDATE rooms SET last_seq = last_seq + 1 ... RETURNING last_seq; INSERT INTO
- * messages ...; COMMIT`. Workers sit as `seatOf` says.
+ * `BEGIN; UPDATE rooms SET last_seq = last_seq + 1, last_event_id = last_event_id + 1 ...
+ * RETURNING ...; INSERT INTO messages ...; COMMIT`. Workers sit as `seatOf` says.
  */
 export function seqTransaction(sql: postgres.Sql, rooms: BenchRoom[], content: string): Ceiling {
   return {
     async op(worker) {
       const row = messageRow(rooms, worker, content);
       await sql.begin(async (tx) => {
-        const [{ last_seq: seq }] = await tx<{ last_seq: number }[]>`
-          update rooms set last_seq = last_seq + 1 where id = ${row.room_id} returning last_seq
+        // The room's two counters, as parley's send statement moves them (migration 00006).
+        const [{ last_seq: seq, last_event_id: event_id }] = await tx<
+          { last_seq: number; last_event_id: string }[]
+        >`
+          update rooms set last_seq = last_seq + 1, last_event_id = last_event_id + 1
+          where id = ${row.room_id} returning last_seq, last_event_id
         `;
-        await tx`insert into messages ${tx({ ...row, seq })}`;
+        await tx`insert into messages ${tx({ ...row, seq, event_id })}`;
       });
     },
     dispose: () => Promise.resolve(),

@@ -20,6 +20,13 @@ export interface RoomAccess {
   isMember: boolean;
   /** The room's last seq (0 before its first message; 0 for an unknown room). */
   lastSeq: number;
+  /** The room's last event id (see db/events.ts; 0 for an unknown room). */
+  lastEventId: number;
+  /** The user's name and avatar, when the session is live. */
+  username: string | null;
+  avatarUrl: string | null;
+  /** When the user joined the room, when they are a member. */
+  joinedAt: Date | null;
 }
 
 /**
@@ -42,18 +49,28 @@ export async function readRoomAccess(
     select
       c.user_id,
       (extract(epoch from c.expires_at) * 1000)::float8 as expires_at,
+      c.username,
+      c.avatar_url,
       r.id is not null as room_exists,
       coalesce(r.last_seq, 0) as last_seq,
-      exists (
-        select 1 from room_members m where m.room_id = i.room_id and m.user_id = c.user_id
-      ) as is_member
+      coalesce(r.last_event_id, 0)::float8 as last_event_id,
+      m.joined_at is not null as is_member,
+      m.joined_at
     from jsonb_to_recordset(${sql.json(items)}) as i(ord int, token_hash text, room_id uuid)
     left join lateral (
-      select t.user_id, t.expires_at from tokens t
+      select t.user_id, t.expires_at, u.username, u.avatar_url
+      from tokens t join users u on u.id = t.user_id
       where t.hash = i.token_hash and t.expires_at > now() and t.revoked_at is null
       offset 0
     ) c on true
-    left join lateral (select id, last_seq from rooms where id = i.room_id offset 0) r on true
+    left join lateral (
+      select id, last_seq, last_event_id from rooms where id = i.room_id offset 0
+    ) r on true
+    left join lateral (
+      select joined_at from room_members m
+      where m.room_id = i.room_id and m.user_id = c.user_id
+      offset 0
+    ) m on true
     order by i.ord
   `;
   for (const row of rows) row.expiresAt ??= 0;

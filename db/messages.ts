@@ -1,4 +1,5 @@
 /** Queries on messages, numbered 1, 2, 3, ... per room with no gaps. */
+import { appendEvent, messageEvent, type NumberedEvent } from "./events.ts";
 import { postgres, type Queryable, type Sql } from "./mod.ts";
 
 /**
@@ -38,8 +39,7 @@ export interface Reaction {
 
 /** What `sendMessage` did. */
 export type SendResult =
-  | { status: "created"; message: Message }
-  | { status: "duplicate"; message: Message }
+  | { status: "created" | "duplicate"; message: Message; eventId: number }
   | { status: "conflict"; message: Message }
   | { status: "unauthenticated" | "room_not_found" | "not_member" };
 
@@ -52,10 +52,14 @@ export interface SendInput {
   clientMessageId: string | null;
 }
 
-/** A row of the send statement: the outcome of the `ord`-th send and, if any, its message. */
+/**
+ * A row of the send statement: the outcome of the `ord`-th send and, if any, its message and
+ * the message's id in the room's event order (see db/events.ts).
+ */
 type SendRow = {
   ord: number;
   status: "created" | "existing" | "unauthenticated" | "room_not_found" | "not_member";
+  eventId: number;
 } & Omit<Message, "reactions">;
 
 /**
@@ -74,7 +78,7 @@ export async function sendMessage(
     if (isSenderGone(error)) return { status: "unauthenticated" };
     if (input.clientMessageId !== null && isClientIdConflict(error)) {
       const existing = await findByClientId(sql, input.tokenHash, input.clientMessageId);
-      if (existing) return compareRetry(existing, input);
+      if (existing) return compareRetry(existing.message, existing.eventId, input);
     }
     throw error;
   }
@@ -159,14 +163,17 @@ export async function sendMessages(
       where r.is_member and not exists (select 1 from existing e where e.ord = r.ord)
     ),
     room as (
-      update rooms set last_seq = last_seq + (select count(*) from fresh)
+      update rooms set
+        last_seq = last_seq + (select count(*) from fresh),
+        last_event_id = last_event_id + (select count(*) from fresh)
       where id = ${roomId} and exists (select 1 from fresh)
-      returning id, last_seq
+      returning id, last_seq, last_event_id
     ),
     inserted as (
-      insert into messages (room_id, seq, user_id, username, avatar_url, content, client_message_id)
-      select room.id, room.last_seq - f.total + f.n, u.id, u.username, u.avatar_url, f.content,
-        f.client_message_id
+      insert into messages
+        (room_id, seq, event_id, user_id, username, avatar_url, content, client_message_id)
+      select room.id, room.last_seq - f.total + f.n, room.last_event_id - f.total + f.n, u.id,
+        u.username, u.avatar_url, f.content, f.client_message_id
       from fresh f cross join room
       cross join lateral (
         select id, username, avatar_url from users where id = f.user_id offset 0
@@ -192,7 +199,8 @@ export async function sendMessages(
       coalesce(i.client_message_id, e.client_message_id) as client_message_id,
       coalesce(i.created_at, e.created_at) as created_at,
       coalesce(i.edited_at, e.edited_at) as edited_at,
-      coalesce(i.deleted_at, e.deleted_at) as deleted_at
+      coalesce(i.deleted_at, e.deleted_at) as deleted_at,
+      coalesce(i.event_id, e.event_id)::float8 as event_id
     from resolved r
     left join fresh f on f.ord = r.ord
     left join room on true
@@ -208,33 +216,40 @@ export async function sendMessages(
   if (signal?.aborted) cancel();
   signal?.addEventListener("abort", cancel, { once: true });
   const rows = await statement.finally(() => signal?.removeEventListener("abort", cancel));
-  return rows.map(({ ord: _ord, status, ...row }, i): SendResult => {
+  return rows.map(({ ord: _ord, status, eventId, ...row }, i): SendResult => {
     const message = { ...row, reactions: [] };
-    if (status === "created") return { status, message };
-    if (status === "existing") return compareRetry(message, inputs[i]);
+    if (status === "created") return { status, message, eventId };
+    if (status === "existing") return compareRetry(message, eventId, inputs[i]);
     return { status };
   });
 }
 
-function compareRetry(existing: Message, input: SendInput): SendResult {
+function compareRetry(existing: Message, eventId: number, input: SendInput): SendResult {
   const same = existing.roomId === input.roomId &&
     existing.content === input.content;
-  return { status: same ? "duplicate" : "conflict", message: existing };
+  return same
+    ? { status: "duplicate", message: existing, eventId }
+    : { status: "conflict", message: existing };
 }
 
-/** The message the holder of `tokenHash` sent with this `clientMessageId`, if any. */
+/**
+ * The message the holder of `tokenHash` sent with this `clientMessageId`, if any, with its id
+ * in the room's event order.
+ */
 export async function findByClientId(
   sql: Sql,
   tokenHash: string,
   clientMessageId: string,
-): Promise<Message | undefined> {
-  const [message] = await sql<[Omit<Message, "reactions">?]>`
+): Promise<{ message: Message; eventId: number } | undefined> {
+  const [row] = await sql<[(Omit<Message, "reactions"> & { eventId: number })?]>`
     select m.id, m.room_id, m.seq, m.user_id, m.username, m.avatar_url, m.content,
-      m.client_message_id, m.created_at, m.edited_at, m.deleted_at
+      m.client_message_id, m.created_at, m.edited_at, m.deleted_at, m.event_id::float8 as event_id
     from messages m join tokens t on t.user_id = m.user_id
     where t.hash = ${tokenHash} and m.client_message_id = ${clientMessageId}
   `;
-  return message && { ...message, reactions: [] };
+  if (!row) return undefined;
+  const { eventId, ...message } = row;
+  return { message: { ...message, reactions: [] }, eventId };
 }
 
 /** Options of `listMessages`: exclusive bounds, at most one of them. */
@@ -275,10 +290,21 @@ export async function listMessages(
   return forward ? rows : rows.reverse();
 }
 
-/** What an edit, a deletion or a reaction found. */
+/**
+ * What an edit, a deletion or a reaction found: its value, and the event it stored in the
+ * room's order (null when it changed nothing).
+ */
 export type ChangeResult<T> =
-  | { status: "ok"; value: T }
+  | { status: "ok"; value: T; event: NumberedEvent | null }
   | { status: "not_found" | "forbidden" | "deleted" | "too_many_emoji" };
+
+/**
+ * Locks the room's row first, as sends and account deletions do (rooms before messages: no
+ * deadlock between them), so the change takes the room's next event id.
+ */
+async function lockRoom(sql: Queryable, roomId: string): Promise<void> {
+  await sql`select 1 from rooms where id = ${roomId} for no key update`;
+}
 
 /**
  * Replaces the content of a message of `roomId` by its author and stamps `editedAt`.
@@ -291,6 +317,7 @@ export async function editMessage(
   content: string,
 ): Promise<ChangeResult<Message>> {
   return await sql.begin(async (sql) => {
+    await lockRoom(sql, key.roomId);
     const [found] = await sql<[{ userId: string | null; deletedAt: Date | null }?]>`
       select user_id, deleted_at from messages
       where id = ${key.messageId} and room_id = ${key.roomId}
@@ -302,7 +329,15 @@ export async function editMessage(
     await sql`
       update messages set content = ${content}, edited_at = now() where id = ${key.messageId}
     `;
-    return { status: "ok", value: await currentMessage(sql, key.messageId, key.userId) };
+    const eventId = await appendEvent(sql, key.roomId, "message.updated", {
+      messageId: key.messageId,
+    });
+    const value = await currentMessage(sql, key.messageId, key.userId);
+    return {
+      status: "ok",
+      value,
+      event: { eventId, event: messageEvent("message.updated", value) },
+    };
   });
 }
 
@@ -316,10 +351,11 @@ export async function deleteMessage(
   key: { roomId: string; messageId: string; userId: string },
 ): Promise<ChangeResult<Message>> {
   return await sql.begin(async (sql) => {
+    await lockRoom(sql, key.roomId);
     const [found] = await sql<
-      [{ userId: string | null; deletedAt: Date | null; roomCreator: string | null }?]
+      [{ userId: string | null; seq: number; deletedAt: Date | null; roomCreator: string | null }?]
     >`
-      select m.user_id, m.deleted_at, r.created_by as room_creator
+      select m.user_id, m.seq, m.deleted_at, r.created_by as room_creator
       from messages m join rooms r on r.id = m.room_id
       where m.id = ${key.messageId} and m.room_id = ${key.roomId}
       for update of m
@@ -328,13 +364,21 @@ export async function deleteMessage(
     if (found.userId !== key.userId && found.roomCreator !== key.userId) {
       return { status: "forbidden" };
     }
+    let event: NumberedEvent | null = null;
     if (found.deletedAt === null) {
-      await sql`
+      const [{ deletedAt }] = await sql<[{ deletedAt: Date }]>`
         update messages set content = '', deleted_at = now() where id = ${key.messageId}
+        returning deleted_at
       `;
       await sql`delete from message_reactions where message_id = ${key.messageId}`;
+      const eventId = await appendEvent(sql, key.roomId, "message.deleted", {
+        messageId: key.messageId,
+        payload: { deletedAt },
+      });
+      const { messageId } = key;
+      event = { eventId, event: { type: "message.deleted", messageId, seq: found.seq, deletedAt } };
     }
-    return { status: "ok", value: await currentMessage(sql, key.messageId, key.userId) };
+    return { status: "ok", value: await currentMessage(sql, key.messageId, key.userId), event };
   });
 }
 
@@ -364,6 +408,7 @@ export async function reactToMessage(
   on: boolean,
 ): Promise<ChangeResult<ReactionChange>> {
   return await sql.begin(async (sql) => {
+    await lockRoom(sql, key.roomId);
     const [found] = await sql<[{ deletedAt: Date | null }?]>`
       select deleted_at from messages
       where id = ${key.messageId} and room_id = ${key.roomId}
@@ -372,6 +417,7 @@ export async function reactToMessage(
     if (!found) return { status: "not_found" };
     if (found.deletedAt !== null) return { status: "deleted" };
     let added = false;
+    let changed = false;
     if (on) {
       const [{ known, distinct }] = await sql<[{ known: boolean; distinct: number }]>`
         select bool_or(emoji = ${emoji}) is true as known, count(distinct emoji)::int as distinct
@@ -386,18 +432,28 @@ export async function reactToMessage(
       `;
       added = inserted.length > 0;
     } else {
-      await sql`
+      const removed = await sql`
         delete from message_reactions
         where message_id = ${key.messageId} and emoji = ${emoji} and user_id = ${key.userId}
+        returning 1
       `;
+      changed = removed.length > 0;
     }
     const [{ count }] = await sql<[{ count: number }]>`
       select count(*)::int as count from message_reactions
       where message_id = ${key.messageId} and emoji = ${emoji}
     `;
+    const value = { messageId: key.messageId, emoji, userId: key.userId, added, count };
+    if (!(added || changed)) return { status: "ok", value, event: null };
+    const eventId = await appendEvent(sql, key.roomId, "reaction.changed", {
+      messageId: key.messageId,
+      userId: key.userId,
+      payload: { emoji, added, count },
+    });
     return {
       status: "ok",
-      value: { messageId: key.messageId, emoji, userId: key.userId, added, count },
+      value,
+      event: { eventId, event: { type: "reaction.changed", ...value } },
     };
   });
 }

@@ -11,20 +11,50 @@ export const MESSAGES_CHANNEL = "parley_messages";
 /** Channel announcing lost access: `leave:roomId:userId` or `logout:tokenHash`. */
 export const ACCESS_CHANNEL = "parley_access";
 
+/** Channel announcing stored events other than messages: `roomId:eventId[,...]`. */
+export const EVENTS_CHANNEL = "parley_events";
+
+/** Channel of presence and typing: one JSON item per line (see server/realtime/broadcast.ts). */
+export const LIVE_CHANNEL = "parley_live";
+
 /** Largest payload we send; Postgres refuses 8000 bytes and more. */
 const MAX_PAYLOAD = 7900;
 
-/** Sends one notification per payload chunk, joining `items` with commas. */
-export async function notifyAll(sql: Sql, channel: string, items: string[]): Promise<void> {
+/**
+ * Sends one notification per payload chunk, joining `items` with `separator`. Items are ASCII
+ * or JSON; an item is never split, so none may be longer than the payload limit.
+ */
+export async function notifyAll(
+  sql: Sql,
+  channel: string,
+  items: string[],
+  separator = ",",
+): Promise<void> {
   let chunk = "";
+  let bytes = 0;
   for (const item of items) {
-    if (chunk && chunk.length + item.length + 1 > MAX_PAYLOAD) {
+    // The limit is in bytes; names in presence items may be any Unicode.
+    const size = utf8Length(item) + 1;
+    if (chunk && bytes + size > MAX_PAYLOAD) {
       await sql.notify(channel, chunk);
       chunk = "";
+      bytes = 0;
     }
-    chunk = chunk ? `${chunk},${item}` : item;
+    chunk = chunk ? `${chunk}${separator}${item}` : item;
+    bytes += size;
   }
   if (chunk) await sql.notify(channel, chunk);
+}
+
+/** The UTF-8 length of `text`, in bytes, without encoding it. */
+function utf8Length(text: string): number {
+  let bytes = text.length;
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    // Two bytes below U+0800, three above; a surrogate pair (two units) makes four.
+    if (code >= 0x80) bytes += code >= 0x800 && (code < 0xd800 || code > 0xdfff) ? 2 : 1;
+  }
+  return bytes;
 }
 
 /**

@@ -1,5 +1,6 @@
 /** Queries on rooms and room membership. */
-import type { Sql } from "./mod.ts";
+import { appendEvent, type NumberedEvent } from "./events.ts";
+import type { Queryable, Sql } from "./mod.ts";
 
 /** A room as the API returns it. */
 export interface Room {
@@ -26,7 +27,7 @@ export interface Membership {
   isMember: boolean;
 }
 
-/** Creates a room and joins its creator, in one transaction. */
+/** Creates a room and joins its creator (the room's first event), in one transaction. */
 export async function createRoom(
   sql: Sql,
   input: { name: string; thumbnailUrl: string | null; createdBy: string },
@@ -37,9 +38,32 @@ export async function createRoom(
       values (${input.name}, ${input.thumbnailUrl}, ${input.createdBy})
       returning id, name, thumbnail_url, created_by, created_at
     `;
-    await sql`insert into room_members (room_id, user_id) values (${room.id}, ${input.createdBy})`;
+    await addMember(sql, { roomId: room.id, userId: input.createdBy });
     return room;
   });
+}
+
+/**
+ * Adds a member and stores `member.joined`; null when they already were one, or the room does
+ * not exist.
+ */
+async function addMember(
+  sql: Queryable,
+  { roomId, userId }: MemberKey,
+): Promise<NumberedEvent | null> {
+  const [joined] = await sql<[{ joinedAt: Date }?]>`
+    insert into room_members (room_id, user_id)
+    select id, ${userId} from rooms where id = ${roomId}
+    on conflict do nothing
+    returning joined_at
+  `;
+  if (!joined) return null;
+  const member = await getMember(sql, { roomId, userId });
+  const eventId = await appendEvent(sql, roomId, "member.joined", {
+    userId,
+    payload: { joinedAt: joined.joinedAt },
+  });
+  return { eventId, event: { type: "member.joined", ...member! } };
 }
 
 /** One room by id. */
@@ -104,22 +128,25 @@ export async function getMembership(
   return row;
 }
 
-/** Joins a user to a room (a no-op when already joined); undefined when the room does not exist. */
+/**
+ * Joins a user to a room (a no-op when already joined): the membership, and the
+ * `member.joined` event stored (null when they were a member already); undefined when the room
+ * does not exist.
+ */
 export async function joinRoom(
   sql: Sql,
-  { roomId, userId }: MemberKey,
-): Promise<Member | undefined> {
-  await sql`
-    insert into room_members (room_id, user_id)
-    select id, ${userId} from rooms where id = ${roomId}
-    on conflict do nothing
-  `;
-  return await getMember(sql, { roomId, userId });
+  key: MemberKey,
+): Promise<{ member: Member; event: NumberedEvent | null } | undefined> {
+  return await sql.begin(async (sql) => {
+    const event = await addMember(sql, key);
+    const member = await getMember(sql, key);
+    return member && { member, event };
+  });
 }
 
 /** One membership with the user's current name and avatar. */
 export async function getMember(
-  sql: Sql,
+  sql: Queryable,
   { roomId, userId }: MemberKey,
 ): Promise<Member | undefined> {
   const [member] = await sql<[Member?]>`
@@ -130,15 +157,24 @@ export async function getMember(
   return member;
 }
 
-/** Removes a user from a room; true when they were a member. */
+/** Removes a user from a room: the `member.left` event stored, or null when they were not a member. */
 export async function leaveRoom(
   sql: Sql,
   { roomId, userId }: MemberKey,
-): Promise<boolean> {
-  const rows = await sql`
-    delete from room_members where room_id = ${roomId} and user_id = ${userId} returning user_id
-  `;
-  return rows.length > 0;
+): Promise<NumberedEvent | null> {
+  return await sql.begin(async (sql) => {
+    const member = await getMember(sql, { roomId, userId });
+    const rows = await sql<{ joinedAt: Date }[]>`
+      delete from room_members where room_id = ${roomId} and user_id = ${userId}
+      returning joined_at
+    `;
+    if (!member || rows.length === 0) return null;
+    const eventId = await appendEvent(sql, roomId, "member.left", {
+      userId,
+      payload: { joinedAt: rows[0].joinedAt },
+    });
+    return { eventId, event: { type: "member.left", ...member } };
+  });
 }
 
 /** A room's members, earliest joined first. */
@@ -152,16 +188,20 @@ export async function listMembers(sql: Sql, roomId: string): Promise<Member[]> {
 }
 
 /**
- * Each room's `last_seq` (its newest message's seq, 0 when empty), by room id; rooms that do
- * not exist are left out. One round trip whatever the number of rooms.
+ * Each room's `last_seq` (its newest message's seq, 0 when empty) and `last_event_id` (see
+ * db/events.ts), by room id; rooms that do not exist are left out. One round trip whatever the
+ * number of rooms.
  */
-export async function getLastSeqs(sql: Sql, roomIds: string[]): Promise<Map<string, number>> {
+export async function getRoomPositions(
+  sql: Sql,
+  roomIds: string[],
+): Promise<Map<string, { lastSeq: number; lastEventId: number }>> {
   if (roomIds.length === 0) return new Map();
   // Ids travel as JSON: the pool does not fetch array types (db/mod.ts), so sql.array is out.
-  const rows = await sql<{ id: string; lastSeq: number }[]>`
-    select r.id, r.last_seq
+  const rows = await sql<{ id: string; lastSeq: number; lastEventId: number }[]>`
+    select r.id, r.last_seq, r.last_event_id::float8 as last_event_id
     from jsonb_array_elements_text(${sql.json(roomIds)}) as j(id)
-    cross join lateral (select id, last_seq from rooms where id = j.id::uuid offset 0) r
+    cross join lateral (select id, last_seq, last_event_id from rooms where id = j.id::uuid offset 0) r
   `;
-  return new Map(rows.map((row) => [row.id, row.lastSeq]));
+  return new Map(rows.map(({ id, lastSeq, lastEventId }) => [id, { lastSeq, lastEventId }]));
 }

@@ -6,8 +6,9 @@
  * is still live is always read).
  */
 import { type AccessRequest, readRoomAccess, type RoomAccess } from "../db/access.ts";
+import type { LiveMember } from "../db/events.ts";
 import type { Sql } from "../db/mod.ts";
-import { getMembership, type MemberKey } from "../db/rooms.ts";
+import { getMember, getMembership, type MemberKey } from "../db/rooms.ts";
 import { checkClaims, findUserByTokenHash, type User } from "../db/users.ts";
 import { Batcher } from "./batcher.ts";
 import { databaseUnavailable, notMember, roomNotFound, unauthenticated } from "./errors.ts";
@@ -65,6 +66,18 @@ export async function requireMember(sql: Sql, key: MemberKey): Promise<void> {
   if (!membership.isMember) throw notMember();
 }
 
+/**
+ * `key.userId` as a member of `key.roomId`, with their current name and avatar, read now.
+ * @throws `NOT_FOUND` (`roomNotFound`) for an unknown room, `FORBIDDEN` (`notMember`) for a
+ * non-member.
+ */
+export async function memberOf(sql: Sql, key: MemberKey): Promise<LiveMember> {
+  const member = await getMember(sql, key);
+  if (member) return member;
+  await requireMember(sql, key);
+  throw notMember(); // they left between the two reads
+}
+
 /** Most access checks read in one statement. */
 const MAX_ACCESS_BATCH = 500;
 
@@ -77,15 +90,15 @@ const accessBatchers = new WeakMap<Sql, Batcher<AccessRequest, RoomAccess>>();
 /**
  * Opens a room to a subscriber in one round trip (shared with the subscribers opening at the
  * same time): the token's session is live, the room exists and the token's user is a member.
- * Returns the user's id, when the session expires unless used (ms since the epoch) and the
- * room's last seq.
+ * Returns the user's id, when the session expires unless used (ms since the epoch), the room's
+ * last seq and last event id, and the user as a member of the room (for presence).
  * @throws `UNAUTHORIZED`, `NOT_FOUND` or `FORBIDDEN` as `authenticate` and `requireMember`.
  */
 export async function openRoom(
   sql: Sql,
   tokenHash: string | null,
   roomId: string,
-): Promise<{ userId: string; expiresAt: number; lastSeq: number }> {
+): Promise<RoomOpening> {
   if (!tokenHash) throw unauthenticated();
   let batcher = accessBatchers.get(sql);
   if (!batcher) {
@@ -101,7 +114,25 @@ export async function openRoom(
   remember(tokenHash, access.userId);
   if (!access.roomExists) throw roomNotFound(roomId);
   if (!access.isMember) throw notMember();
-  return { userId: access.userId, expiresAt: access.expiresAt, lastSeq: access.lastSeq };
+  const member = {
+    roomId,
+    userId: access.userId,
+    username: access.username!,
+    avatarUrl: access.avatarUrl,
+    joinedAt: access.joinedAt!,
+  };
+  const { userId, expiresAt, lastSeq, lastEventId } = access;
+  return { userId, expiresAt, lastSeq, lastEventId, member };
+}
+
+/** What `openRoom` found: the subscriber's access and the room's positions. */
+export interface RoomOpening {
+  userId: string;
+  /** When the session expires unless used, in ms since the epoch. */
+  expiresAt: number;
+  lastSeq: number;
+  lastEventId: number;
+  member: LiveMember;
 }
 
 /**

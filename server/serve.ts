@@ -248,7 +248,7 @@ export function createHub(
   const { serialize } = appRouter._def._config.transformer.output;
   return new Hub(options.sql, options.log, {
     broadcast,
-    encode: (message) => dataFrameSuffix(serialize, String(message.seq), message),
+    encode: (value, id) => dataFrameSuffix(serialize, String(id), value),
     checkHolders: (holders) => checkHolders(options.sql, sessions, holders),
     reconcileMs: options.hubTimings?.reconcileMs,
   });

@@ -3,7 +3,7 @@ import { initTRPC, TRPCError } from "@trpc/server";
 import superjson from "superjson";
 import { z, ZodError } from "zod";
 import { postgres } from "../db/mod.ts";
-import { requireMember, userIdOf } from "./access.ts";
+import { knownUserId, memberOf, requireMember, userIdOf } from "./access.ts";
 import type { Context } from "./context.ts";
 import { clip } from "./clip.ts";
 import {
@@ -214,6 +214,30 @@ export function memberWriteProcedure(kind: WriteKind) {
       return next();
     });
 }
+
+/**
+ * A typing update by a member of `input.roomId`. A renewal that the hub absorbs anyway (see
+ * `Typing.absorbs`) is let through at once with `ctx.member` null: no read, not counted (a
+ * client may renew on every keystroke, and that is never an error). Anything else is counted
+ * like a reaction and checked like `memberWriteProcedure`; `ctx.member` is the caller as a
+ * member.
+ */
+export const typingProcedure = sessionProcedure
+  .input(z.object({ roomId: id, typing: z.boolean() }))
+  .use(async function typingWrite({ ctx, input, next }) {
+    const userId = knownUserId(ctx.tokenHash);
+    if (input.typing && userId !== null && ctx.hub.typing.absorbs(input.roomId, userId)) {
+      return next({ ctx: { member: null } });
+    }
+    const user = await ctx.caller.user();
+    await ctx.writes.consume("reactions", {
+      userId: user.id,
+      connection: ctx.connection.key,
+      address: ctx.address,
+    });
+    const member = await memberOf(ctx.sql, { roomId: input.roomId, userId: user.id });
+    return next({ ctx: { member } });
+  });
 
 /**
  * Maps a constraint violation to an API error (`CONFLICT`, `NOT_FOUND`); returns undefined for

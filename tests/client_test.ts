@@ -104,9 +104,12 @@ Deno.test("client", async (t) => {
         await waitFor(() => r.seen.messages.length === 1, "first message");
         // While the subscriber is cut off, 1,500 messages arrive: too many to replay.
         await env.sql`
-          with bump as (update rooms set last_seq = 1501 where id = ${big.id})
-          insert into messages (room_id, seq, user_id, username, content)
-          select ${big.id}, s, ${ada.id}, 'ada', 'bulk ' || s from generate_series(2, 1501) s
+          with bump as (
+            update rooms set last_seq = 1501, last_event_id = 1501 + 1000 where id = ${big.id}
+          )
+          insert into messages (room_id, seq, event_id, user_id, username, content)
+          select ${big.id}, s, s + 1000, ${ada.id}, 'ada', 'bulk ' || s
+          from generate_series(2, 1501) s
         `;
         adaSockets.at(-1)!.close(); // the network drops; wsLink reconnects with lastEventId 1
         await waitFor(() => r.seen.states.includes("resyncing"), "resyncing");

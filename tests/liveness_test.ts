@@ -62,9 +62,11 @@ Deno.test("a subscriber that stops reading is disconnected instead of buffering 
     // About 12 MB of messages, far beyond what the kernel's socket buffers absorb.
     const count = 3000;
     await env.sql`
-      with bump as (update rooms set last_seq = ${count} where id = ${room.id})
-      insert into messages (room_id, seq, user_id, username, content)
-      select ${room.id}, s, ${alice.user.id}, 'firehose', repeat('x', 4000)
+      with bump as (
+        update rooms set last_seq = ${count}, last_event_id = ${count} where id = ${room.id}
+      )
+      insert into messages (room_id, seq, event_id, user_id, username, content)
+      select ${room.id}, s, s, ${alice.user.id}, 'firehose', repeat('x', 4000)
       from generate_series(1, ${count}) s
     `;
     // One more message through the API: the server sees the gap and fans out all 3,001.

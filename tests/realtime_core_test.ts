@@ -132,9 +132,9 @@ Deno.test("a resume reaching past the hub's memory replays from Postgres, then m
   const room = await alice.api.rooms.create.mutate({ name: "Long absence" });
   // 700 messages committed before anyone watched the room: only Postgres has them.
   await env.sql`
-    with bump as (update rooms set last_seq = 700 where id = ${room.id})
-    insert into messages (room_id, seq, user_id, username, content)
-    select ${room.id}, s, ${alice.user.id}, 'bulk', 'm' || s from generate_series(1, 700) s
+    with bump as (update rooms set last_seq = 700, last_event_id = 700 where id = ${room.id})
+    insert into messages (room_id, seq, event_id, user_id, username, content)
+    select ${room.id}, s, s, ${alice.user.id}, 'bulk', 'm' || s from generate_series(1, 700) s
   `;
   const watcher = await rawSubscriber(env.url, alice.token, room.id);
   for (let i = 1; i <= 5; i++) {

@@ -174,9 +174,9 @@ Deno.test("realtime", async (t) => {
       async () => {
         const big = await alice.api.rooms.create.mutate({ name: "Backlog" });
         await env.sql`
-        with bump as (update rooms set last_seq = 1002 where id = ${big.id})
-        insert into messages (room_id, seq, user_id, username, content)
-        select ${big.id}, s, ${alice.user.id}, 'bulk', 'm' || s from generate_series(1, 1002) s
+        with bump as (update rooms set last_seq = 1002, last_event_id = 1002 where id = ${big.id})
+        insert into messages (room_id, seq, event_id, user_id, username, content)
+        select ${big.id}, s, s, ${alice.user.id}, 'bulk', 'm' || s from generate_series(1, 1002) s
       `;
         const c = connect({ token: alice.token });
         for (const lastEventId of ["1", "5000", "-1", "abc", "1.5"]) {
@@ -308,7 +308,7 @@ Deno.test("a subscription cancelled during setup or before it is read leaves not
   const stream = await callerFor(ac.signal).messages.onMessage({ roomId: room.id });
   const reading = stream[Symbol.asyncIterator]().next();
   const sent = await alice.api.messages.send.mutate({ roomId: room.id, content: "one" });
-  hub.committed(sent); // this hub is not the server's: hand it the message
+  hub.messages.committed(sent.roomId, sent.seq, sent); // not the server's hub: hand it over
   const first = await reading;
   assert.equal((first.value as unknown as [string, Message])[1].content, "one");
   ac.abort();

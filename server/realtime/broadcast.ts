@@ -3,24 +3,51 @@
  * or ended someone's access. One interface, chosen at startup: Postgres `LISTEN/NOTIFY` when
  * several instances share a database, nothing on the embedded database (one process).
  *
- * A broadcast only says "room R has reached seq S" or "this access ended"; the hub reads the
- * messages themselves from Postgres, so a lost or late notification delays, never loses.
+ * A broadcast only says "room R has reached seq S (event E)" or "this access ended"; the hub
+ * reads the messages and events themselves from Postgres, so a lost or late notification
+ * delays, never loses. Presence and typing travel whole (`LiveItem`): they are never stored,
+ * and presence heals after a loss by asking every instance again (`hello`).
  */
+import type { LiveMember } from "../../db/events.ts";
 import type { Sql } from "../../db/mod.ts";
-import { ACCESS_CHANNEL, MESSAGES_CHANNEL, notifyAll } from "../../db/notify.ts";
+import {
+  ACCESS_CHANNEL,
+  EVENTS_CHANNEL,
+  LIVE_CHANNEL,
+  MESSAGES_CHANNEL,
+  notifyAll,
+} from "../../db/notify.ts";
 import type { Logger } from "../log.ts";
 import { HEARTBEAT_MS, HEARTBEAT_TIMEOUT_MS, ListeningConnection } from "./listening.ts";
 
+/**
+ * A presence or typing change, or an instance's presence bookkeeping, as instances tell each
+ * other (`i` is the instance that sends it; see `presence.ts` and `typing.ts`). Sent as JSON:
+ * `joinedAt` arrives as a string.
+ */
+export type LiveItem =
+  | { k: "presence" | "typing"; i: string; r: string; m: LiveMember; on: boolean }
+  | { k: "alive" | "hello" | "reset" | "bye"; i: string };
+
 /** What the hub does with what other instances announce. */
 export interface BroadcastHandlers {
-  /** Another instance committed messages of `roomId` up to `seq`. */
-  onMessages(roomId: string, seq: number): void;
+  /**
+   * Another instance committed messages of `roomId` up to `seq` and events up to `eventId`
+   * (NaN from an instance of the previous release, which does not say).
+   */
+  onMessages(roomId: string, seq: number, eventId: number): void;
+  /** Another instance committed events (not messages) of `roomId` up to `eventId`. */
+  onEvents(roomId: string, eventId: number): void;
   /** An access change, as given to `announceAccess` on some instance. */
   onAccess(item: string): void;
+  /** A presence or typing item from another instance (never this one's own). */
+  onLive(item: LiveItem): void;
   /** Listening (again) for messages: anything announced meanwhile may have been missed. */
   onMessagesResumed(): void;
   /** Listening (again) for access changes: anything announced meanwhile may have been missed. */
   onAccessResumed(): void;
+  /** Listening (again) for live items: presence may have been missed. */
+  onLiveResumed(): void;
 }
 
 /** Announces this instance's commits and access changes to the others, and hears theirs. */
@@ -35,8 +62,12 @@ export interface Broadcast {
    * unreachable (nothing is left open: call again), or with `NotificationsNotHeardError`.
    */
   start(handlers: BroadcastHandlers): Promise<void>;
-  /** Announces that `roomId` reached `seq`; coalesced, sent soon after. */
-  announceMessage(roomId: string, seq: number): void;
+  /** Announces that `roomId` reached `seq` and event `eventId`; coalesced, sent soon after. */
+  announceMessage(roomId: string, seq: number, eventId: number): void;
+  /** Announces that `roomId` reached event `eventId`; coalesced, sent soon after. */
+  announceEvent(roomId: string, eventId: number): void;
+  /** Sends a presence or typing item to the other instances, in order, soon after. */
+  announceLive(item: LiveItem): void;
   /** Announces an access change (`leave:<room>:<user>`, `logout:<token hash>`). */
   announceAccess(item: string): Promise<void>;
   /** Sends what is pending and stops hearing. */
@@ -52,6 +83,10 @@ export class LocalBroadcast implements Broadcast {
   }
   /** Nobody to tell. */
   announceMessage(): void {}
+  /** Nobody to tell. */
+  announceEvent(): void {}
+  /** Nobody to tell. */
+  announceLive(): void {}
   /** Nobody to tell. */
   announceAccess(): Promise<void> {
     return Promise.resolve();
@@ -88,9 +123,11 @@ export const DEFAULT_HEARTBEAT: HeartbeatTimings = {
 /**
  * Postgres `LISTEN/NOTIFY`. NOTIFYs go through the pool (they may pass a pooler); LISTEN needs
  * a session of its own on Postgres itself (`listenUrl`), watched by a heartbeat
- * (`listening.ts`). Message announcements are coalesced: one NOTIFY carries the latest seq of
- * every room that moved since the last one, `<room>:<seq>,…`, at most one per
- * `NOTIFY_INTERVAL_MS` under load.
+ * (`listening.ts`). Announcements are coalesced: one NOTIFY carries the latest seq and event id
+ * of every room that moved since the last one, `<room>:<seq>:<event id>,…` (an instance of the
+ * previous release reads the first two), one more the rooms whose other events moved, and one
+ * the live items in order, one JSON per line; at most one of each per `NOTIFY_INTERVAL_MS` under
+ * load.
  */
 export class PostgresBroadcast implements Broadcast {
   readonly lossy = true;
@@ -99,7 +136,15 @@ export class PostgresBroadcast implements Broadcast {
   #listenUrl: string;
   #timings: HeartbeatTimings;
   #listening: ListeningConnection | null = null;
-  #pending = new Map<string, number>();
+  #instanceId = "";
+  #pending = new Map<string, { seq: number; eventId: number }>();
+  #pendingEvents = new Map<string, number>();
+  #pendingLive: string[] = [];
+  #handlers: BroadcastHandlers | null = null;
+  /** Channels whose last NOTIFY failed (logged once until one succeeds). */
+  #failing = new Set<string>();
+  /** Live items were lost since the last successful NOTIFY of them. */
+  #liveLost = false;
   #flushing: Promise<void> | null = null;
   #closed = false;
 
@@ -114,6 +159,7 @@ export class PostgresBroadcast implements Broadcast {
 
   /** See `Broadcast.start`. */
   async start(handlers: BroadcastHandlers): Promise<void> {
+    this.#handlers = handlers;
     const listening = new ListeningConnection({
       url: this.#listenUrl,
       pool: this.#sql,
@@ -125,11 +171,37 @@ export class PostgresBroadcast implements Broadcast {
           channel: MESSAGES_CHANNEL,
           onNotify(payload) {
             for (const item of payload.split(",")) {
-              const [roomId, seq] = item.split(":");
-              handlers.onMessages(roomId, Number(seq));
+              const [roomId, seq, eventId] = item.split(":");
+              handlers.onMessages(roomId, Number(seq), Number(eventId ?? NaN));
             }
           },
           onListen: () => handlers.onMessagesResumed(),
+        },
+        {
+          channel: EVENTS_CHANNEL,
+          onNotify(payload) {
+            for (const item of payload.split(",")) {
+              const [roomId, eventId] = item.split(":");
+              handlers.onEvents(roomId, Number(eventId));
+            }
+          },
+          onListen: () => handlers.onMessagesResumed(),
+        },
+        {
+          channel: LIVE_CHANNEL,
+          onNotify: (payload) => {
+            for (const line of payload.split("\n")) {
+              let item: LiveItem;
+              try {
+                item = JSON.parse(line);
+              } catch {
+                continue; // not ours
+              }
+              if (item.i === this.#instanceId) continue;
+              handlers.onLive(item);
+            }
+          },
+          onListen: () => handlers.onLiveResumed(),
         },
         {
           channel: ACCESS_CHANNEL,
@@ -146,9 +218,24 @@ export class PostgresBroadcast implements Broadcast {
   }
 
   /** See `Broadcast.announceMessage`. */
-  announceMessage(roomId: string, seq: number): void {
-    const known = this.#pending.get(roomId) ?? 0;
-    if (seq > known) this.#pending.set(roomId, seq);
+  announceMessage(roomId: string, seq: number, eventId: number): void {
+    const known = this.#pending.get(roomId);
+    if (!known || seq > known.seq) this.#pending.set(roomId, { seq, eventId });
+    this.#flushing ??= this.#flush();
+  }
+
+  /** See `Broadcast.announceEvent`. */
+  announceEvent(roomId: string, eventId: number): void {
+    const known = this.#pendingEvents.get(roomId) ?? 0;
+    if (eventId > known) this.#pendingEvents.set(roomId, eventId);
+    this.#flushing ??= this.#flush();
+  }
+
+  /** See `Broadcast.announceLive`. */
+  announceLive(item: LiveItem): void {
+    // Every item of this instance carries its id; its own are not handed back.
+    this.#instanceId = item.i;
+    this.#pendingLive.push(JSON.stringify(item));
     this.#flushing ??= this.#flush();
   }
 
@@ -164,20 +251,54 @@ export class PostgresBroadcast implements Broadcast {
     await this.#listening?.close();
   }
 
+  /**
+   * One channel's NOTIFYs; false when they failed. Other instances still catch up on their
+   * next notification or reconciliation, and presence is sent again after the next success
+   * (`onLiveResumed`). A failure is logged once per outage and channel, by its code.
+   */
+  async #notify(channel: string, items: string[], separator: string): Promise<boolean> {
+    try {
+      await notifyAll(this.#sql, channel, items, separator);
+      this.#failing.delete(channel);
+      return true;
+    } catch (error) {
+      if (channel === LIVE_CHANNEL) this.#liveLost = true;
+      if (!this.#closed && !this.#failing.has(channel)) {
+        const code = (error as { code?: string }).code ?? (error as Error).message;
+        this.#log.warn(`Cannot announce on ${channel} (${code}): retrying with the next`);
+      }
+      this.#failing.add(channel);
+      return false;
+    }
+  }
+
+  #morePending(): boolean {
+    return this.#pending.size > 0 || this.#pendingEvents.size > 0 || this.#pendingLive.length > 0;
+  }
+
   async #flush(): Promise<void> {
     try {
-      while (this.#pending.size > 0) {
+      while (this.#morePending()) {
         const started = performance.now();
-        const items = [...this.#pending].map(([roomId, seq]) => `${roomId}:${seq}`);
+        const messages = [...this.#pending].map(([roomId, { seq, eventId }]) =>
+          `${roomId}:${seq}:${eventId}`
+        );
+        const events = [...this.#pendingEvents].map(([roomId, eventId]) => `${roomId}:${eventId}`);
+        const live = this.#pendingLive;
         this.#pending.clear();
-        await notifyAll(this.#sql, MESSAGES_CHANNEL, items).catch((error) => {
-          // Other instances still catch up on their next notification or reconciliation.
-          if (!this.#closed) this.#log.error("Cannot announce new messages", error);
-        });
+        this.#pendingEvents.clear();
+        this.#pendingLive = [];
+        if (messages.length > 0) await this.#notify(MESSAGES_CHANNEL, messages, ",");
+        if (events.length > 0) await this.#notify(EVENTS_CHANNEL, events, ",");
+        if (live.length > 0 && await this.#notify(LIVE_CHANNEL, live, "\n") && this.#liveLost) {
+          // Presence items were lost: every instance sends its members again.
+          this.#liveLost = false;
+          this.#handlers?.onLiveResumed();
+        }
         // Under load, at most one NOTIFY per interval: each costs a statement here and in
         // Postgres, and other instances read the messages themselves anyway.
         const rest = NOTIFY_INTERVAL_MS - (performance.now() - started);
-        if (this.#pending.size > 0 && rest > 0 && !this.#closed) {
+        if (this.#morePending() && rest > 0 && !this.#closed) {
           await new Promise((resolve) => setTimeout(resolve, rest));
         }
       }

@@ -1,92 +1,36 @@
 /**
- * The hub: local fan-out of committed messages to this instance's subscribers, in `seq` order,
- * exactly once, whichever instance stored them.
- *
- * Each watched room has a cursor, the last seq delivered to its subscribers. A message this
- * instance committed is delivered at once when it is the next seq; anything else (another
- * instance's announcement, a gap, a resumed broadcast) makes the room catch up from Postgres
- * in batches. Every message is serialised once per room (`FanoutMessage`), and the same frame
- * text goes to every subscriber. The last `RECENT_PER_ROOM` messages of a watched room stay in
- * memory, so resuming subscribers replay from there instead of each reading Postgres.
+ * The hub: local fan-out of what rooms commit to this instance's subscribers, in order,
+ * exactly once, whichever instance stored it. It keeps two room logs (`room_log.ts`): messages
+ * by seq (`messages.onMessage`) and events by event id (`rooms.onEvent`), and the live-only
+ * items (presence, typing) that go to event subscribers. It also watches subscribers' access
+ * and ends their subscriptions when it goes away.
  *
  * When the broadcast can lose notifications (`Broadcast.lossy`), the hub reads the watched
- * rooms' last seqs every `reconcileMs` in one query and catches up the rooms that are behind
- * (a message committed by a process that died before announcing it).
+ * rooms' last seqs and event ids every `reconcileMs` in one query and catches up the rooms that
+ * are behind (a message committed by a process that died before announcing it).
  */
+import {
+  listEvents,
+  type LiveEvent,
+  messageEvent,
+  type NumberedEvent,
+  type RoomEvent,
+} from "../../db/events.ts";
 import { listMessages, type Message } from "../../db/messages.ts";
 import type { Sql } from "../../db/mod.ts";
-import { getLastSeqs, type MemberKey } from "../../db/rooms.ts";
+import { getRoomPositions, type MemberKey } from "../../db/rooms.ts";
 import { withDeadline } from "../deadline.ts";
 import type { Logger } from "../log.ts";
-import type { Broadcast, HeartbeatTimings } from "./broadcast.ts";
+import type { Broadcast, HeartbeatTimings, LiveItem } from "./broadcast.ts";
+import { Presence, type PresenceTimings } from "./presence.ts";
+import { RoomLog } from "./room_log.ts";
+import { Typing } from "./typing.ts";
 
-/** Messages fetched per round trip when a room catches up. */
-const CATCH_UP_BATCH = 500;
-
-/** Messages of a watched room kept in memory for resuming subscribers. */
-export const RECENT_PER_ROOM = 256;
-
-/** How long one reconciliation query may take before the next one is scheduled anyway. */
+/** How one reconciliation query may take before the next one is scheduled anyway. */
 const RECONCILE_DEADLINE_MS = 10_000;
 
 /** Between reconciliations of the watched rooms, in milliseconds (none while none is watched). */
 export const DEFAULT_RECONCILE_MS = 2_000;
-
-/**
- * A committed message as the hub hands it out: the message, and its subscription data frame
- * built once (the part after the request id; see `connection.ts` `dataFrameSuffix`).
- */
-export class FanoutMessage {
-  /** The message. */
-  readonly message: Message;
-  readonly #encode: (message: Message) => string;
-  #suffix: string | null = null;
-  #prefix: string | null = null;
-  #frame = "";
-
-  constructor(message: Message, encode: (message: Message) => string) {
-    this.message = message;
-    this.#encode = encode;
-  }
-
-  /** The message's seq. */
-  get seq(): number {
-    return this.message.seq;
-  }
-
-  /**
-   * The whole data frame for a subscription whose frames start with `prefix`. Subscribers of
-   * a room mostly share a prefix (clients number their requests alike), so the last frame
-   * built is kept and handed out again.
-   */
-  frame(prefix: string): string {
-    if (prefix !== this.#prefix) {
-      this.#suffix ??= this.#encode(this.message);
-      this.#prefix = prefix;
-      this.#frame = prefix + this.#suffix;
-    }
-    return this.#frame;
-  }
-}
-
-/** Receives a room's messages in seq order, each once. */
-export interface RoomSubscriber {
-  deliver(item: FanoutMessage): void;
-}
-
-/** A watched room. */
-interface WatchedRoom {
-  /** The last seq delivered to subscribers; -1 until known. */
-  cursor: number;
-  subscribers: Set<RoomSubscriber>;
-  /** Something was announced while the cursor was unknown: catch up once it is known. */
-  stale: boolean;
-  fetching: Promise<void> | null;
-  /** More to fetch after the running catch-up. */
-  dirty: boolean;
-  /** The last messages delivered, oldest first: seqs `recent[0].seq` to `cursor`. */
-  recent: FanoutMessage[];
-}
 
 /**
  * Who holds a subscription, to end it when their access goes away. `userId` is "" while the
@@ -129,24 +73,32 @@ export interface HubTimings extends HeartbeatTimings {
 export interface HubOptions {
   /** How other instances hear of this one's messages and access changes, and it of theirs. */
   broadcast: Broadcast;
-  /** Serialises a message into a data frame suffix (see `FanoutMessage`). */
-  encode: (message: Message) => string;
+  /** Serialises an item into a data frame suffix under `id` (see `FanoutItem`). */
+  encode: (value: unknown, id: number) => string;
   /** Reads the holders' sessions and memberships, in their order (see `access.ts`). */
   checkHolders: (holders: Holder[]) => Promise<HolderState[]>;
   /** Between reconciliations, in milliseconds (default `DEFAULT_RECONCILE_MS`). */
   reconcileMs?: number;
+  /** Presence heartbeat and timeout (tests shorten them; see `presence.ts`). */
+  presenceTimings?: Partial<PresenceTimings>;
 }
 
 /** The per-process fan-out hub. */
 export class Hub {
+  /** Committed messages by seq, for `messages.onMessage`. */
+  readonly messages: RoomLog<Message>;
+  /** Stored events by event id, and live items, for `rooms.onEvent`. */
+  readonly events: RoomLog<RoomEvent>;
+  /** Who is online in which room, on every instance. */
+  readonly presence: Presence;
+  /** Who is typing in which room, on every instance. */
+  readonly typing: Typing;
   #sql: Sql;
   #log: Logger;
   #broadcast: Broadcast;
-  #encode: (message: Message) => string;
   #checkHolders: (holders: Holder[]) => Promise<HolderState[]>;
   #expiryCheck: Promise<void> | null = null;
   #reconcileMs: number;
-  #rooms = new Map<string, WatchedRoom>();
   #holders = new Map<Holder, (reason: Revocation) => void>();
   #closed = false;
   #timers = new Set<ReturnType<typeof setTimeout>>();
@@ -157,9 +109,45 @@ export class Hub {
     this.#sql = sql;
     this.#log = log;
     this.#broadcast = options.broadcast;
-    this.#encode = options.encode;
     this.#checkHolders = options.checkHolders;
     this.#reconcileMs = options.reconcileMs ?? DEFAULT_RECONCILE_MS;
+    const later = (ms: number, fn: () => void) => this.#later(ms, fn);
+    this.messages = new RoomLog<Message>({
+      name: "messages",
+      async read(roomId, afterId, limit) {
+        const messages = await listMessages(sql, roomId, { afterSeq: afterId, limit });
+        return messages.map((message) => ({ id: message.seq, value: message }));
+      },
+      encode: options.encode,
+      log,
+      later,
+    });
+    this.events = new RoomLog<RoomEvent>({
+      name: "events",
+      async read(roomId, afterId, limit) {
+        const events = await listEvents(sql, roomId, afterId, limit);
+        return events.map(({ eventId, event }) => ({ id: eventId, value: event }));
+      },
+      encode: options.encode,
+      log,
+      later,
+    });
+    const publish = (roomId: string, event: LiveEvent) => this.events.publish(roomId, event);
+    const announce = (item: LiveItem) => this.#broadcast.announceLive(item);
+    const instanceId = crypto.randomUUID();
+    this.presence = new Presence({
+      instanceId,
+      announce,
+      later,
+      onChange: (roomId, online) => publish(roomId, { type: "presence.changed", online }),
+      onOffline: (roomId, userId) => this.typing.clear(roomId, userId),
+      ...options.presenceTimings,
+    });
+    this.typing = new Typing({
+      instanceId,
+      announce,
+      onChange: (roomId, typing) => publish(roomId, { type: "typing.changed", typing }),
+    });
   }
 
   /**
@@ -168,106 +156,63 @@ export class Hub {
    */
   async start(): Promise<void> {
     await this.#broadcast.start({
-      onMessages: (roomId, seq) => {
-        const room = this.#rooms.get(roomId);
-        if (room && seq > room.cursor) this.#catchUp(roomId, room);
+      onMessages: (roomId, seq, eventId) => {
+        this.messages.announced(roomId, seq);
+        this.events.announced(roomId, eventId);
       },
+      onEvents: (roomId, eventId) => this.events.announced(roomId, eventId),
       onAccess: (item) => this.#onAccess(item),
+      onLive: (item) => {
+        if (item.k === "typing") this.typing.heard(item);
+        else this.presence.heard(item);
+      },
       // After a (re)connect or a replacement, anything may have been missed.
       onMessagesResumed: () => {
-        for (const [roomId, room] of this.#rooms) this.#catchUp(roomId, room);
+        this.messages.catchUpAll();
+        this.events.catchUpAll();
       },
       onAccessResumed: () => this.#revalidate(),
+      onLiveResumed: () => this.presence.resync(),
     });
     if (this.#broadcast.lossy) this.#later(this.#reconcileMs, () => this.#reconcile());
     this.#later(EXPIRY_SWEEP_MS, () => this.#sweepExpired());
+    this.presence.start();
   }
 
   /** Stops the timers and the broadcast (pending announcements are sent first). */
   async close(): Promise<void> {
+    this.presence.close();
+    this.typing.close();
     this.#closed = true;
     for (const timer of this.#timers) clearTimeout(timer);
     await this.#broadcast.close();
   }
 
   /**
-   * Registers `subscriber` for a room, at once: from now on every message committed after
-   * the room's cursor reaches it, in order, once. While the room is new its cursor is unknown
-   * until someone calls `setCursor` with a last seq read after this call. Returns a function
-   * that unregisters it.
+   * A message this instance committed, with its id in the room's event order: delivered here
+   * (as a message and as a `message.created` event), and announced to other instances.
    */
-  subscribe(roomId: string, subscriber: RoomSubscriber): () => void {
-    let room = this.#rooms.get(roomId);
-    if (!room) {
-      room = {
-        cursor: -1,
-        subscribers: new Set(),
-        stale: false,
-        fetching: null,
-        dirty: false,
-        recent: [],
-      };
-      this.#rooms.set(roomId, room);
-    }
-    room.subscribers.add(subscriber);
-    const current = room;
-    return () => {
-      current.subscribers.delete(subscriber);
-      if (current.subscribers.size === 0 && this.#rooms.get(roomId) === current) {
-        this.#rooms.delete(roomId);
-      }
-    };
+  committed(message: Message, eventId: number): void {
+    this.messages.committed(message.roomId, message.seq, message);
+    this.events.committed(message.roomId, eventId, messageEvent("message.created", message));
+    this.#broadcast.announceMessage(message.roomId, message.seq, eventId);
   }
 
-  /**
-   * Sets a new room's cursor from a last seq read after `subscribe` (any such read will do:
-   * everything committed later is announced). Returns the room's cursor, the seq up to which
-   * subscribers must replay for themselves; -1 when the room is not watched.
-   */
-  setCursor(roomId: string, lastSeq: number): number {
-    const room = this.#rooms.get(roomId);
-    if (!room) return -1;
-    if (room.cursor < 0) {
-      room.cursor = lastSeq;
-      if (room.stale) this.#catchUp(roomId, room);
-    }
-    return room.cursor;
-  }
-
-  /**
-   * The room's messages after `afterSeq` up to its cursor, from memory; null when memory
-   * does not reach back that far (read Postgres instead).
-   */
-  recent(roomId: string, afterSeq: number): FanoutMessage[] | null {
-    const room = this.#rooms.get(roomId);
-    if (!room || room.cursor < 0) return null;
-    if (afterSeq >= room.cursor) return [];
-    const first = room.recent[0]?.seq;
-    if (first === undefined || afterSeq + 1 < first) return null;
-    return room.recent.slice(afterSeq + 1 - first);
-  }
-
-  /** Wraps a message read from Postgres like the hub's own (for replays). */
-  wrap(message: Message): FanoutMessage {
-    return new FanoutMessage(message, this.#encode);
-  }
-
-  /** A message this instance committed: delivered here, and announced to other instances. */
-  committed(message: Message): void {
-    const room = this.#rooms.get(message.roomId);
-    if (room) {
-      if (room.cursor < 0) room.stale = true;
-      else if (message.seq === room.cursor + 1) this.#dispatch(room, this.wrap(message));
-      else if (message.seq > room.cursor) this.#catchUp(message.roomId, room);
-    }
-    this.#broadcast.announceMessage(message.roomId, message.seq);
+  /** A stored event (not a new message) this instance committed: delivered and announced. */
+  committedEvent(roomId: string, { eventId, event }: NumberedEvent): void {
+    this.events.committed(roomId, eventId, event);
+    this.#broadcast.announceEvent(roomId, eventId);
   }
 
   /** What the hub holds: watched rooms, subscribers, access watchers. */
   stats(): { rooms: number; listeners: number; holders: number } {
-    let listeners = 0;
-    for (const room of this.#rooms.values()) listeners += room.subscribers.size;
-    return { rooms: this.#rooms.size, listeners, holders: this.#holders.size };
+    const messages = this.messages.stats();
+    const events = this.events.stats();
+    return {
+      rooms: messages.rooms + events.rooms,
+      listeners: messages.listeners + events.listeners,
+      holders: this.#holders.size,
+    };
   }
 
   /**
@@ -296,8 +241,8 @@ export class Hub {
 
   /**
    * Announces that an account was deleted: its subscriptions end on every instance, and the
-   * rooms' recent messages in memory are dropped where they hold its messages, so that replays
-   * read them from Postgres as a deleted user's (see db/accounts.ts).
+   * rooms' recent messages and events in memory are dropped where they hold its messages, so
+   * that replays read them from Postgres as a deleted user's (see db/accounts.ts).
    */
   async announceAccountDeleted(userId: string, tokenHashes: readonly string[]): Promise<void> {
     await this.#announceAccess(`deleted:${userId}`);
@@ -309,41 +254,6 @@ export class Hub {
   async #announceAccess(item: string): Promise<void> {
     this.#onAccess(item);
     await this.#broadcast.announceAccess(item);
-  }
-
-  #dispatch(room: WatchedRoom, item: FanoutMessage): void {
-    if (item.seq !== room.cursor + 1) return;
-    room.cursor = item.seq;
-    room.recent.push(item);
-    if (room.recent.length > RECENT_PER_ROOM * 2) room.recent = room.recent.slice(-RECENT_PER_ROOM);
-    for (const subscriber of room.subscribers) subscriber.deliver(item);
-  }
-
-  #catchUp(roomId: string, room: WatchedRoom): void {
-    if (room.cursor < 0) {
-      room.stale = true; // its cursor will be read after this commit
-      return;
-    }
-    if (room.fetching) {
-      room.dirty = true;
-      return;
-    }
-    room.fetching = (async () => {
-      do {
-        room.dirty = false;
-        const batch = await listMessages(this.#sql, roomId, {
-          afterSeq: room.cursor,
-          limit: CATCH_UP_BATCH,
-        });
-        for (const message of batch) this.#dispatch(room, this.wrap(message));
-        if (batch.length === CATCH_UP_BATCH) room.dirty = true;
-      } while (room.dirty && this.#rooms.get(roomId) === room);
-    })().catch((error) => {
-      this.#log.error(`Cannot catch up room ${roomId}: retrying in 1s`, error);
-      this.#later(1000, () => this.#rooms.get(roomId) === room && this.#catchUp(roomId, room));
-    }).finally(() => {
-      room.fetching = null;
-    });
   }
 
   #later(ms: number, fn: () => void): void {
@@ -361,22 +271,27 @@ export class Hub {
    * `reconcileMs` and a catch-up. No query while no room is watched.
    */
   #reconcile(): void {
-    const rooms = [...this.#rooms].filter(([, room]) => room.cursor >= 0);
-    if (rooms.length === 0) {
+    const messages = this.messages.cursors();
+    const events = this.events.cursors();
+    const roomIds = [...new Set([...messages.keys(), ...events.keys()])];
+    if (roomIds.length === 0) {
       this.#later(this.#reconcileMs, () => this.#reconcile());
       return;
     }
     // Bounded: a query stuck on a dead pool connection must not end the reconciliation.
-    withDeadline(
-      RECONCILE_DEADLINE_MS,
-      () => getLastSeqs(this.#sql, rooms.map(([roomId]) => roomId)),
-    ).then((lastSeqs) => {
-      this.#reconcileFailing = false;
-      for (const [roomId, room] of rooms) {
-        const lastSeq = lastSeqs.get(roomId) ?? 0;
-        if (lastSeq > room.cursor && this.#rooms.get(roomId) === room) this.#catchUp(roomId, room);
-      }
-    }).catch((error) => {
+    withDeadline(RECONCILE_DEADLINE_MS, () => getRoomPositions(this.#sql, roomIds)).then(
+      (positions) => {
+        this.#reconcileFailing = false;
+        for (const [roomId, seq] of messages) {
+          const lastSeq = positions.get(roomId)?.lastSeq ?? 0;
+          if (lastSeq > seq) this.messages.announced(roomId, lastSeq);
+        }
+        for (const [roomId, eventId] of events) {
+          const lastEventId = positions.get(roomId)?.lastEventId ?? 0;
+          if (lastEventId > eventId) this.events.announced(roomId, lastEventId);
+        }
+      },
+    ).catch((error) => {
       // An outage: logged once, tried again at every interval.
       if (!this.#reconcileFailing && !this.#closed) {
         this.#log.error("Cannot reconcile watched rooms: retrying", error);
@@ -432,9 +347,9 @@ export class Hub {
   #onAccess(item: string): void {
     const [kind, a, b] = item.split(":");
     if (kind === "deleted") {
-      for (const room of this.#rooms.values()) {
-        if (room.recent.some((m) => m.message.userId === a)) room.recent = [];
-      }
+      this.messages.forget((message) => message.userId === a);
+      // Events name the user in many ways (messages, reactions, members): drop them all.
+      this.events.forget(() => true);
     }
     for (const [holder, onRevoke] of this.#holders) {
       // A holder still being set up may not know its user yet: it checks again itself.

@@ -1,91 +1,108 @@
 /**
- * A room stream: one subscriber's view of a room, from a resume point on. It replays what the
- * subscriber missed (from the hub's memory, else from Postgres), then hands over to live
- * delivery, each message once and in order, under a replay cap and the resync rule.
+ * A room stream: one subscriber's view of a room log (messages, or events: `room_log.ts`),
+ * from a resume point on. It replays what the subscriber missed (from the log's memory, else
+ * from Postgres), then hands over to live delivery, each item once and in order, under a
+ * replay cap and the resync rule. Live-only items (presence, typing) pass through as they come,
+ * under the id of the last item the subscriber has, so a resume after them misses nothing.
  *
- * Over parley's connection server it is a `DirectStream`: live messages are written to the
- * socket by the hub's delivery itself, as frames built once per room (`FanoutMessage.frame`).
+ * Over parley's connection server it is a `DirectStream`: live items are written to the
+ * socket by the hub's delivery itself, as frames built once per room (`FanoutItem.frame`).
  * Anywhere else (tRPC's own adapters, `createCaller`) it is an async iterable of
- * `tracked(seq, message)`, with the same guarantees.
+ * `tracked(id, item)`, with the same guarantees.
  */
 import { tracked, type TrackedEnvelope } from "@trpc/server";
-import { listMessages, type Message } from "../../db/messages.ts";
-import type { Sql } from "../../db/mod.ts";
 import { resyncRequired } from "../errors.ts";
 import { DIRECT_STREAM, type DirectStream, type StreamSink } from "./direct_stream.ts";
-import type { FanoutMessage, Hub, RoomSubscriber } from "./hub.ts";
 import { Inbox } from "./inbox.ts";
+import type { FanoutItem, LogSubscriber, RoomLog } from "./room_log.ts";
 
-/** Most messages a reconnecting subscriber may replay; beyond it the client must reload. */
+/** Most items a reconnecting subscriber may replay; beyond it the client must reload. */
 export const MAX_REPLAY = 1000;
 
 /** Most live messages queued for one subscriber while it replays, before it must resync. */
 const MAX_QUEUED = 10_000;
 
-/** Messages read from Postgres per round trip of a replay. */
+/** Items read from Postgres per round trip of a replay. */
 const REPLAY_BATCH = 200;
 
 /**
- * The resume point of a subscriber: the last seq it has, checked against the room's last
- * seq. Without `lastEventId` it starts after the last message.
- * @throws `CONFLICT` (`resyncRequired`) when `lastEventId` is not a seq of this room, or more
- * than `MAX_REPLAY` messages were missed.
+ * The resume point of a subscriber: the last id it has (a seq, or an event id), checked
+ * against the room's last one. Without `lastEventId` it starts after the last item.
+ * @throws `CONFLICT` (`resyncRequired`) when `lastEventId` is not an id of this room, or more
+ * than `MAX_REPLAY` items were missed.
  */
-export function resumePoint(lastEventId: string | null | undefined, lastSeq: number): number {
-  if (lastEventId === undefined || lastEventId === null) return lastSeq;
+export function resumePoint(
+  lastEventId: string | null | undefined,
+  lastId: number,
+  what: "messages" | "events" = "messages",
+): number {
+  if (lastEventId === undefined || lastEventId === null) return lastId;
   const from = /^\d{1,15}$/.test(lastEventId) ? Number(lastEventId) : NaN;
-  if (!(from <= lastSeq)) {
-    throw resyncRequired(`lastEventId "${lastEventId.slice(0, 40)}" is not a seq of this room`);
+  if (!(from <= lastId)) {
+    const name = what === "messages" ? "a seq" : "an event id";
+    throw resyncRequired(`lastEventId "${lastEventId.slice(0, 40)}" is not ${name} of this room`);
   }
-  if (lastSeq - from > MAX_REPLAY) {
-    throw resyncRequired(`${lastSeq - from} messages were missed (replay limit ${MAX_REPLAY})`);
+  if (lastId - from > MAX_REPLAY) {
+    throw resyncRequired(`${lastId - from} ${what} were missed (replay limit ${MAX_REPLAY})`);
   }
   return from;
 }
 
 /** How a stream is being consumed. */
-type Consumer =
+type Consumer<T> =
   | { kind: "none" }
   | { kind: "direct"; sink: StreamSink }
-  | { kind: "iterator"; inbox: Inbox<FanoutMessage>; stopped: AbortController };
+  | { kind: "iterator"; inbox: Inbox<[number, T]>; stopped: AbortController };
 
-/** One subscriber's stream of a room's messages. */
-export class RoomStream
-  implements DirectStream, RoomSubscriber, AsyncIterable<TrackedEnvelope<Message>> {
+/** Options of a `RoomStream`. */
+export interface RoomStreamOptions<T> {
+  log: RoomLog<T>;
+  roomId: string;
+  /** Runs once when the stream ends, however it ends. */
+  onStop: () => void;
+  /**
+   * The live items that describe the room now (presence, typing): sent once the replay is
+   * done, in place of any live item that came during it.
+   */
+  snapshot?: () => T[];
+}
+
+/** One subscriber's stream of a room's messages or events. */
+export class RoomStream<T>
+  implements DirectStream, LogSubscriber<T>, AsyncIterable<TrackedEnvelope<T>> {
   readonly [DIRECT_STREAM] = true as const;
-  readonly #hub: Hub;
-  readonly #sql: Sql;
+  readonly #log: RoomLog<T>;
   readonly #roomId: string;
   readonly #onStop: () => void;
+  readonly #snapshot: (() => T[]) | undefined;
   #unsubscribe: () => void;
-  /** The last seq this subscriber has (or skips). */
+  /** The last id this subscriber has (or skips). */
   #last = 0;
-  /** Live messages that arrived while replaying, in order. */
-  #queued: FanoutMessage[] | null = [];
-  #consumer: Consumer = { kind: "none" };
+  /** Live items that arrived while replaying, in order. */
+  #queued: FanoutItem<T>[] | null = [];
+  #consumer: Consumer<T> = { kind: "none" };
   #failure: unknown = null;
   #stopped = false;
 
   /**
-   * Registers with the hub at once, so nothing committed from now on is missed; the caller
-   * then checks access, reads the room's last seq and calls `resumeAfter`. `onStop` runs once
-   * when the stream ends, however it ends.
+   * Registers with the log at once, so nothing committed from now on is missed; the caller
+   * then checks access, reads the room's last id and calls `resumeAfter`.
    */
-  constructor(options: { hub: Hub; sql: Sql; roomId: string; onStop: () => void }) {
-    this.#hub = options.hub;
-    this.#sql = options.sql;
+  constructor(options: RoomStreamOptions<T>) {
+    this.#log = options.log;
     this.#roomId = options.roomId;
     this.#onStop = options.onStop;
-    this.#unsubscribe = options.hub.subscribe(options.roomId, this);
+    this.#snapshot = options.snapshot;
+    this.#unsubscribe = options.log.subscribe(options.roomId, this);
   }
 
   /**
-   * Sets where the subscriber resumes: it gets every message after `from`. `lastSeq` is the
-   * room's last seq read after the stream registered (it starts the hub's cursor for a room
+   * Sets where the subscriber resumes: it gets every item after `from`. `lastId` is the
+   * room's last id read after the stream registered (it starts the log's cursor for a room
    * nobody watched yet).
    */
-  resumeAfter(from: number, lastSeq: number): void {
-    this.#hub.setCursor(this.#roomId, lastSeq);
+  resumeAfter(from: number, lastId: number): void {
+    this.#log.setCursor(this.#roomId, lastId);
     this.#last = from;
   }
 
@@ -109,8 +126,8 @@ export class RoomStream
     this.#onStop();
   }
 
-  /** See `RoomSubscriber.deliver`: a live message of the room. */
-  deliver(item: FanoutMessage): void {
+  /** See `LogSubscriber.deliver`: a live item of the room. */
+  deliver(item: FanoutItem<T>): void {
     if (this.#stopped) return;
     if (this.#queued !== null) {
       if (this.#queued.length >= MAX_QUEUED) {
@@ -131,10 +148,10 @@ export class RoomStream
   }
 
   /**
-   * The stream as `tracked(seq, message)` items, for consumers other than the connection
-   * server. `return()` stops the stream even when it was never read.
+   * The stream as `tracked(id, item)` items, for consumers other than the connection server.
+   * `return()` stops the stream even when it was never read.
    */
-  [Symbol.asyncIterator](): AsyncIterator<TrackedEnvelope<Message>> {
+  [Symbol.asyncIterator](): AsyncIterator<TrackedEnvelope<T>> {
     const items = this.#items();
     return {
       next: () => items.next(),
@@ -145,8 +162,8 @@ export class RoomStream
     };
   }
 
-  async *#items(): AsyncGenerator<TrackedEnvelope<Message>> {
-    const inbox = new Inbox<FanoutMessage>(
+  async *#items(): AsyncGenerator<TrackedEnvelope<T>> {
+    const inbox = new Inbox<[number, T]>(
       MAX_QUEUED,
       () => resyncRequired("this subscriber fell too far behind"),
     );
@@ -155,8 +172,8 @@ export class RoomStream
     this.#consumer = { kind: "iterator", inbox, stopped };
     this.#replay();
     try {
-      for await (const item of inbox.take(stopped.signal)) {
-        yield tracked(String(item.seq), item.message);
+      for await (const [id, value] of inbox.take(stopped.signal)) {
+        yield tracked(String(id), value);
       }
     } finally {
       stopped.abort();
@@ -164,18 +181,24 @@ export class RoomStream
     }
   }
 
-  /** Writes one message to the consumer, unless the subscriber already has it. */
-  #emit(item: FanoutMessage): void {
-    if (item.seq <= this.#last) return;
-    this.#last = item.seq;
+  /**
+   * Writes one item to the consumer, unless the subscriber already has it. A live item goes
+   * out under the last id the subscriber has.
+   */
+  #emit(item: FanoutItem<T>): void {
+    if (!item.live) {
+      if (item.id <= this.#last) return;
+      this.#last = item.id;
+    }
     const consumer = this.#consumer;
-    if (consumer.kind === "direct") consumer.sink.write(item.frame(consumer.sink.framePrefix));
-    else if (consumer.kind === "iterator") consumer.inbox.push(item);
+    if (consumer.kind === "direct") {
+      consumer.sink.write(item.frame(consumer.sink.framePrefix, this.#last));
+    } else if (consumer.kind === "iterator") consumer.inbox.push([this.#last, item.value]);
   }
 
-  /** Replays up to the hub's cursor, then the queued live messages, then goes live. */
+  /** Replays up to the log's cursor, then the queued live items, then goes live. */
   #replay(): void {
-    const recent = this.#hub.recent(this.#roomId, this.#last);
+    const recent = this.#log.recent(this.#roomId, this.#last);
     if (recent !== null) {
       // The usual case (a new subscriber, a short absence): all in memory, no await.
       for (const item of recent) this.#emit(item);
@@ -187,18 +210,15 @@ export class RoomStream
 
   async #replayFromDatabase(): Promise<void> {
     while (!this.#stopped) {
-      const recent = this.#hub.recent(this.#roomId, this.#last);
+      const recent = this.#log.recent(this.#roomId, this.#last);
       if (recent !== null) {
         for (const item of recent) this.#emit(item);
         return;
       }
-      const batch = await listMessages(this.#sql, this.#roomId, {
-        afterSeq: this.#last,
-        limit: REPLAY_BATCH,
-      });
+      const batch = await this.#log.read(this.#roomId, this.#last, REPLAY_BATCH);
       if (this.#stopped) return;
-      for (const message of batch) this.#emit(this.#hub.wrap(message));
-      // The hub's memory holds at least what it delivered since it started watching; short of
+      for (const item of batch) this.#emit(item);
+      // The log's memory holds at least what it delivered since it started watching; short of
       // that (the room is not watched any more, or stopped), the queue covers the rest.
       if (batch.length < REPLAY_BATCH) return;
     }
@@ -208,6 +228,8 @@ export class RoomStream
     const queued = this.#queued;
     if (queued === null) return;
     this.#queued = null;
-    for (const item of queued) this.#emit(item);
+    const snapshot = this.#snapshot;
+    for (const item of queued) if (!(snapshot && item.live)) this.#emit(item);
+    for (const value of snapshot?.() ?? []) this.#emit(this.#log.wrap(this.#last, value, true));
   }
 }

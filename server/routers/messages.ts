@@ -10,17 +10,10 @@ import {
   type Message,
   reactToMessage,
 } from "../../db/messages.ts";
-import { knownUserId, openRoom } from "../access.ts";
-import {
-  accessEnded,
-  notMember,
-  roomNotFound,
-  subscriptionCancelled,
-  tooManySubscriptions,
-  unauthenticated,
-} from "../errors.ts";
+import { notMember, roomNotFound, unauthenticated } from "../errors.ts";
 import { MAX_PAGE_CONTENT_BYTES } from "../limits.ts";
-import { resumePoint, RoomStream } from "../realtime/room_stream.ts";
+import type { Hub } from "../realtime/hub.ts";
+import { openRoomSubscription } from "../room_subscription.ts";
 import { content, emoji, id, limit, seq, text } from "../schemas.ts";
 import {
   memberProcedure,
@@ -63,7 +56,7 @@ export const messagesRouter = router({
           ctx.sessions.used(ctx.tokenHash);
           // A retry may follow a send whose announcement was lost (crash, failed NOTIFY):
           // publishing again is harmless, subscribers skip seqs they already have.
-          ctx.hub.committed(result.message);
+          ctx.hub.committed(result.message, result.eventId);
           return result.message;
         case "conflict":
           throw new TRPCError({
@@ -114,7 +107,7 @@ export const messagesRouter = router({
     .input(z.object({ messageId: id, content }))
     .mutation(async ({ ctx, input }) => {
       const key = { roomId: input.roomId, messageId: input.messageId, userId: ctx.user.id };
-      return changed(await editMessage(ctx.sql, key, input.content), "edit");
+      return changed(ctx.hub, input.roomId, await editMessage(ctx.sql, key, input.content), "edit");
     }),
 
   /**
@@ -127,7 +120,7 @@ export const messagesRouter = router({
     .input(z.object({ messageId: id }))
     .mutation(async ({ ctx, input }) => {
       const key = { roomId: input.roomId, messageId: input.messageId, userId: ctx.user.id };
-      return changed(await deleteMessage(ctx.sql, key), "delete");
+      return changed(ctx.hub, input.roomId, await deleteMessage(ctx.sql, key), "delete");
     }),
 
   /**
@@ -141,71 +134,29 @@ export const messagesRouter = router({
     .input(z.object({ messageId: id, emoji, on: z.boolean() }))
     .mutation(async ({ ctx, input }) => {
       const key = { roomId: input.roomId, messageId: input.messageId, userId: ctx.user.id };
-      return changed(await reactToMessage(ctx.sql, key, input.emoji, input.on), "react to");
+      const result = await reactToMessage(ctx.sql, key, input.emoji, input.on);
+      return changed(ctx.hub, input.roomId, result, "react to");
     }),
 
   onMessage: sessionProcedure
     .input(z.object({ roomId: id, lastEventId: text.nullish() }))
-    .subscription(async ({ ctx, input, signal }) => {
-      // Access is checked and the stream registered with the hub before tRPC answers
-      // "started": a client that sends right after onStarted is already being listened to.
-      const { roomId } = input;
-      const { connection } = ctx;
-      if (connection.subscriptions >= ctx.limits.subscriptionsPerSocket) {
-        throw tooManySubscriptions(ctx.limits.subscriptionsPerSocket);
-      }
-      connection.subscriptions++;
-      let unwatch = () => {};
-      const stream = new RoomStream({
-        hub: ctx.hub,
-        sql: ctx.sql,
-        roomId,
-        onStop() {
-          connection.subscriptions--;
-          unwatch();
-        },
-      });
-      // The subscriber may go away during setup, or before the stream is first read.
-      signal?.addEventListener("abort", () => stream.stop(), { once: true });
-      // Watch for a leave or logout before checking access, so one that commits meanwhile is
-      // never missed: during setup it only asks for a second check.
-      const holder = {
-        roomId,
-        userId: knownUserId(ctx.tokenHash) ?? "",
-        tokenHash: ctx.tokenHash,
-        expiresAt: 0,
-      };
-      let settingUp = true;
-      let recheck = false;
-      unwatch = ctx.hub.watchAccess(holder, (reason) => {
-        if (settingUp) recheck = true;
-        else stream.fail(accessEnded(reason));
-      });
-      try {
-        let access = await openRoom(ctx.sql, ctx.tokenHash, roomId);
-        holder.userId = access.userId;
-        // Until no leave or logout came in during the last read.
-        while (recheck) {
-          recheck = false;
-          access = await openRoom(ctx.sql, ctx.tokenHash, roomId);
-        }
-        holder.expiresAt = access.expiresAt;
-        settingUp = false;
-        ctx.sessions.used(ctx.tokenHash);
-        if (signal?.aborted) throw subscriptionCancelled();
-        stream.resumeAfter(resumePoint(input.lastEventId, access.lastSeq), access.lastSeq);
-      } catch (error) {
-        stream.stop();
-        throw error;
-      }
-      return stream;
-    }),
+    .subscription(({ ctx, input, signal }) =>
+      openRoomSubscription(ctx, input, signal, {
+        log: ctx.hub.messages,
+        what: "messages",
+        lastId: "lastSeq",
+      })
+    ),
 });
 
-/** The value of an edit, deletion or reaction, or the API error for what it found. */
-function changed<T>(result: ChangeResult<T>, verb: string): T {
+/**
+ * The value of an edit, deletion or reaction, whose event (if it stored one) is handed to the
+ * hub; or the API error for what it found.
+ */
+function changed<T>(hub: Hub, roomId: string, result: ChangeResult<T>, verb: string): T {
   switch (result.status) {
     case "ok":
+      if (result.event) hub.committedEvent(roomId, result.event);
       return result.value;
     case "not_found":
       throw new TRPCError({ code: "NOT_FOUND", message: "Message not found in this room" });

@@ -1,4 +1,7 @@
-/** `rooms.*`: create, browse, update, join, leave, members. */
+/**
+ * `rooms.*`: create, browse, update, join, leave, members; a room's events (`onEvent`), who is
+ * online (`presence`) and typing (`typing`); read positions (`markRead`, `mine`).
+ */
 import { TRPCError } from "@trpc/server";
 import { roomNotFound } from "../errors.ts";
 import { z } from "zod";
@@ -12,13 +15,17 @@ import {
   updateRoom,
 } from "../../db/rooms.ts";
 import { listMyRooms, markRead } from "../../db/reads.ts";
-import { id, imageUrl, limit, roomName, seq } from "../schemas.ts";
+import type { RoomEvent } from "../../db/events.ts";
+import { openRoomSubscription } from "../room_subscription.ts";
+import { id, imageUrl, limit, roomName, seq, text } from "../schemas.ts";
 import {
   authedProcedure,
   memberProcedure,
   memberWriteProcedure,
   publicProcedure,
   router,
+  sessionProcedure,
+  typingProcedure,
   writeProcedure,
 } from "../trpc.ts";
 
@@ -71,19 +78,71 @@ export const roomsRouter = router({
     }),
 
   join: writeProcedure("joins").input(roomInput).mutation(async ({ ctx, input }) => {
-    const member = await joinRoom(ctx.sql, { roomId: input.roomId, userId: ctx.user.id });
-    if (!member) throw roomNotFound(input.roomId);
-    return member;
+    const joined = await joinRoom(ctx.sql, { roomId: input.roomId, userId: ctx.user.id });
+    if (!joined) throw roomNotFound(input.roomId);
+    if (joined.event) ctx.hub.committedEvent(input.roomId, joined.event);
+    return joined.member;
   }),
 
   leave: writeProcedure("joins").input(roomInput).mutation(async ({ ctx, input }) => {
-    const left = await leaveRoom(ctx.sql, { roomId: input.roomId, userId: ctx.user.id });
-    if (left) await ctx.hub.announceLeave({ roomId: input.roomId, userId: ctx.user.id });
-    else if (!(await getRoom(ctx.sql, input.roomId))) throw roomNotFound(input.roomId);
-    return { left };
+    const key = { roomId: input.roomId, userId: ctx.user.id };
+    const event = await leaveRoom(ctx.sql, key);
+    if (event) {
+      ctx.hub.committedEvent(input.roomId, event);
+      ctx.hub.typing.clear(input.roomId, ctx.user.id);
+      await ctx.hub.announceLeave(key);
+    } else if (!(await getRoom(ctx.sql, input.roomId))) throw roomNotFound(input.roomId);
+    return { left: event !== null };
   }),
 
   members: memberProcedure.query(({ ctx, input }) => listMembers(ctx.sql, input.roomId)),
+
+  /**
+   * Every event of the room, in one order, each `tracked(eventId, RoomEvent)` (see
+   * db/events.ts): stored events (messages created, updated, deleted; reactions; members
+   * joining and leaving) are replayed after `lastEventId`, in order, once, under the replay cap
+   * and resync rule of `messages.onMessage`; `presence.changed` comes once the replay is done
+   * and after every change, `typing.changed` after every change (and once at the start while
+   * someone types). Without `lastEventId` only new events arrive.
+   * @throws as `messages.onMessage`.
+   */
+  onEvent: sessionProcedure
+    .input(z.object({ roomId: id, lastEventId: text.nullish() }))
+    .subscription(({ ctx, input, signal }) =>
+      openRoomSubscription<RoomEvent>(ctx, input, signal, {
+        log: ctx.hub.events,
+        what: "events",
+        lastId: "lastEventId",
+        snapshot({ roomId }) {
+          const events: RoomEvent[] = [
+            { type: "presence.changed", online: ctx.hub.presence.online(roomId) },
+          ];
+          const typing = ctx.hub.typing.typing(roomId);
+          if (typing.length > 0) events.push({ type: "typing.changed", typing });
+          return events;
+        },
+      })
+    ),
+
+  /**
+   * The members online in the room now, on any instance: `{ online: Member[] }`, earliest
+   * joined first. A member is online while they hold a subscription to the room.
+   */
+  presence: memberProcedure.query(({ ctx, input }) => ({
+    online: ctx.hub.presence.online(input.roomId),
+  })),
+
+  /**
+   * The caller starts (`typing: true`, renewed while they type) or stops typing: `{ typing }`.
+   * A state not renewed for 6 s ends by itself; renewals within a second of the last are
+   * absorbed. Nothing is written to Postgres.
+   * @throws `NOT_FOUND`, `FORBIDDEN` as `memberProcedure`; `TOO_MANY_REQUESTS` past the
+   * reactions rate (absorbed renewals do not count).
+   */
+  typing: typingProcedure.mutation(({ ctx, input }) => {
+    if (ctx.member) ctx.hub.typing.set(ctx.member, input.typing);
+    return { typing: input.typing };
+  }),
 
   /**
    * Marks the room read up to `seq` (capped at its last message): `{ lastReadSeq }`, which
