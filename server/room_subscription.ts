@@ -19,6 +19,8 @@ export interface RoomSubscriptionKind<T> {
   lastId: "lastSeq" | "lastEventId";
   /** The live items describing the room now (see `RoomStreamOptions.snapshot`). */
   snapshot?: (member: LiveMember) => T[];
+  /** Makes a new subscriber's filter of live items (see `RoomStreamOptions.admit`). */
+  admit?: () => (value: T) => boolean;
 }
 
 /**
@@ -54,6 +56,7 @@ export async function openRoomSubscription<T>(
       offline();
     },
     snapshot: kind.snapshot && (() => member ? kind.snapshot!(member) : []),
+    admit: kind.admit?.(),
   });
   // The subscriber may go away during setup, or before the stream is first read.
   signal?.addEventListener("abort", () => stream.stop(), { once: true });

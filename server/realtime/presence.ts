@@ -255,14 +255,10 @@ export class Presence {
       const before = this.#changed.get(roomId)!;
       this.#changed.delete(roomId);
       const online = this.online(roomId);
-      const same = online.length === before.size &&
-        online.every((member) => before.has(member.userId));
+      const now = new Set(online.map((member) => member.userId));
+      const same = now.size === before.size && [...now].every((userId) => before.has(userId));
       if (same) return;
-      for (const userId of before) {
-        if (!online.some((member) => member.userId === userId)) {
-          this.#options.onOffline(roomId, userId);
-        }
-      }
+      for (const userId of before) if (!now.has(userId)) this.#options.onOffline(roomId, userId);
       this.#options.onChange(roomId, online);
     });
   }

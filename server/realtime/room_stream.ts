@@ -65,6 +65,11 @@ export interface RoomStreamOptions<T> {
    * done, in place of any live item that came during it.
    */
   snapshot?: () => T[];
+  /**
+   * Whether a live item goes out to this subscriber; one that repeats what it already has
+   * (a coalesced presence change its snapshot already showed) is dropped. Default: all.
+   */
+  admit?: (value: T) => boolean;
 }
 
 /** One subscriber's stream of a room's messages or events. */
@@ -75,6 +80,7 @@ export class RoomStream<T>
   readonly #roomId: string;
   readonly #onStop: () => void;
   readonly #snapshot: (() => T[]) | undefined;
+  readonly #admit: ((value: T) => boolean) | undefined;
   #unsubscribe: () => void;
   /** The last id this subscriber has (or skips). */
   #last = 0;
@@ -93,6 +99,7 @@ export class RoomStream<T>
     this.#roomId = options.roomId;
     this.#onStop = options.onStop;
     this.#snapshot = options.snapshot;
+    this.#admit = options.admit;
     this.#unsubscribe = options.log.subscribe(options.roomId, this);
   }
 
@@ -189,7 +196,7 @@ export class RoomStream<T>
     if (!item.live) {
       if (item.id <= this.#last) return;
       this.#last = item.id;
-    }
+    } else if (this.#admit && !this.#admit(item.value)) return;
     const consumer = this.#consumer;
     if (consumer.kind === "direct") {
       consumer.sink.write(item.frame(consumer.sink.framePrefix, this.#last));

@@ -31,6 +31,30 @@ import {
 
 const roomInput = z.object({ roomId: id });
 
+/** The members of a live event, as one key (computed once per event, not per subscriber). */
+const liveKeys = new WeakMap<RoomEvent, string>();
+
+/**
+ * A subscriber's filter of live events: a presence or typing event that lists the same members
+ * as the last one of its type it got is dropped. (A change coalesced over 50 ms can reach a new
+ * subscriber after its snapshot already showed it.)
+ */
+function withoutRepeats(): (event: RoomEvent) => boolean {
+  const last = new Map<string, string>();
+  return (event) => {
+    if (event.type !== "presence.changed" && event.type !== "typing.changed") return true;
+    let key = liveKeys.get(event);
+    if (key === undefined) {
+      const members = event.type === "presence.changed" ? event.online : event.typing;
+      key = members.map((member) => member.userId).join(",");
+      liveKeys.set(event, key);
+    }
+    if (last.get(event.type) === key) return false;
+    last.set(event.type, key);
+    return true;
+  };
+}
+
 /** Procedures on rooms and membership. */
 export const roomsRouter = router({
   create: writeProcedure("creates")
@@ -121,6 +145,7 @@ export const roomsRouter = router({
           if (typing.length > 0) events.push({ type: "typing.changed", typing });
           return events;
         },
+        admit: withoutRepeats,
       })
     ),
 
