@@ -71,12 +71,13 @@ export function createApp(appDeps: AppDeps, options: SocketOptions = {}): App {
     // `subscriptionsPerSocket`; a frame may carry that many calls, as wsLink batches them.
     maxBatchSize: Math.max(MAX_BATCH_SIZE, deps.limits.subscriptionsPerSocket),
     // deno-lint-ignore require-await -- a refusal (thrown) must become a rejection
-    createContext: async ({ headers, connectionParams, address }) =>
+    createContext: async ({ headers, connectionParams, address, closed }) =>
       createContext(deps, {
         req: { headers },
         info: { connectionParams },
         transport: "ws",
         address,
+        closed,
       }),
     onError: (error, path) => logFailure(deps, error, `tRPC (WebSocket) ${path ?? "(no path)"}`),
   });

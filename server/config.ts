@@ -2,6 +2,7 @@ import { type AbuseLimits, DEFAULT_ABUSE_LIMITS, type Rate } from "./limits.ts";
 import type { IdTokenSettings } from "./id_token.ts";
 import { createOriginPolicy, type OriginPolicy } from "./origin.ts";
 import { DEFAULT_SESSION_TTL_SECONDS } from "./sessions.ts";
+import { type CallSettings, DEFAULT_CALL_SETTINGS } from "./ice_servers.ts";
 
 /** Server configuration, parsed and validated once at startup. */
 export interface Config {
@@ -30,6 +31,8 @@ export interface Config {
   clientAddressHeader: string | null;
   /** Accounts: session lifetime and the identity provider, if any. */
   accounts: AccountSettings;
+  /** Calls: ICE servers and the size of a call (`STUN_URLS`, `TURN_*`, `CALL_MAX_PARTICIPANTS`). */
+  calls: CallSettings;
   /** Lines to print at startup about defaults that were applied. */
   warnings: string[];
 }
@@ -137,6 +140,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   }
 
   const accounts = parseAccounts(env, problems, warnings, production);
+  const calls = parseCalls(env, problems);
 
   if (problems.length > 0 || !origins) throw new ConfigError(problems);
   return {
@@ -151,7 +155,60 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     limits,
     clientAddressHeader,
     accounts,
+    calls,
     warnings,
+  };
+}
+
+/** Longest `TURN_TTL`, in seconds: a week. */
+const MAX_TURN_TTL_SECONDS = 7 * 24 * 3600;
+
+/** Most `CALL_MAX_PARTICIPANTS`: a mesh of more peers would drown the browsers' uplinks. */
+const MAX_CALL_PARTICIPANTS = 16;
+
+/** Reads `STUN_URLS`, `TURN_URLS`, `TURN_SECRET`, `TURN_TTL` and `CALL_MAX_PARTICIPANTS`. */
+function parseCalls(env: Record<string, string | undefined>, problems: string[]): CallSettings {
+  const urls = (name: string, schemes: RegExp) => {
+    const list = (env[name] ?? "").split(",").map((u) => u.trim()).filter(Boolean);
+    for (const url of list) {
+      if (!schemes.test(url) || /\s/.test(url)) {
+        problems.push(`${name}: "${url.slice(0, 80)}" is not a ${schemes.source.slice(2, -2)} URL`);
+      }
+    }
+    return list;
+  };
+  const stunUrls = urls("STUN_URLS", /^(stuns?):./);
+  const turnUrls = urls("TURN_URLS", /^(turns?):./);
+  const turnSecret = env.TURN_SECRET?.trim() || null;
+  if (turnUrls.length > 0 && !turnSecret) {
+    problems.push("TURN_URLS needs TURN_SECRET (coturn's static-auth-secret)");
+  }
+  let turnTtlSeconds = DEFAULT_CALL_SETTINGS.turnTtlSeconds;
+  const ttlText = env.TURN_TTL?.trim();
+  if (ttlText) {
+    const n = Number(ttlText);
+    if (!/^\d{1,7}$/.test(ttlText) || n < 60 || n > MAX_TURN_TTL_SECONDS) {
+      problems.push(
+        `TURN_TTL must be a whole number of seconds from 60 to ${MAX_TURN_TTL_SECONDS}, got "${ttlText}"`,
+      );
+    } else turnTtlSeconds = n;
+  }
+  let maxParticipants = DEFAULT_CALL_SETTINGS.maxParticipants;
+  const maxText = env.CALL_MAX_PARTICIPANTS?.trim();
+  if (maxText) {
+    const n = Number(maxText);
+    if (!/^\d{1,2}$/.test(maxText) || n < 2 || n > MAX_CALL_PARTICIPANTS) {
+      problems.push(
+        `CALL_MAX_PARTICIPANTS must be a whole number from 2 to ${MAX_CALL_PARTICIPANTS}, got "${maxText}"`,
+      );
+    } else maxParticipants = n;
+  }
+  return {
+    stunUrls,
+    turnUrls,
+    turnSecret: turnUrls.length > 0 ? turnSecret : null,
+    turnTtlSeconds,
+    maxParticipants,
   };
 }
 
@@ -230,6 +287,7 @@ const RATE_VARIABLES = {
   signups: "RATE_LIMIT_SIGNUPS",
   signIns: "RATE_LIMIT_SIGN_INS",
   reactions: "RATE_LIMIT_REACTIONS",
+  signals: "RATE_LIMIT_SIGNALS",
   connectionWrites: "RATE_LIMIT_CONNECTION_WRITES",
 } as const;
 

@@ -16,6 +16,7 @@ import type { OriginPolicy } from "./origin.ts";
 import type { WriteLimiter } from "./rate_limit.ts";
 import type { SendQueue } from "./send_queue.ts";
 import type { SessionKeeper } from "./sessions.ts";
+import type { CallSettings } from "./ice_servers.ts";
 
 /** What context creation needs from the running server. */
 export interface ContextDeps {
@@ -31,6 +32,8 @@ export interface ContextDeps {
   sessions: SessionKeeper;
   /** Verifies the identity provider's tokens for `auth.exchange`, or null when it is off. */
   idTokens: IdTokenVerifier | null;
+  /** ICE servers and the size of a call. */
+  calls: CallSettings;
 }
 
 /** The connection a call came over: one WebSocket, or for HTTP the client address. */
@@ -41,6 +44,8 @@ export interface ConnectionState {
   subscriptions: number;
   /** Calls of this connection (a WebSocket, or one HTTP request) not answered yet. */
   callsInFlight: number;
+  /** Aborts when the WebSocket closes; never over HTTP (a request has no lasting connection). */
+  closed: AbortSignal;
 }
 
 /** What tRPC hands to context creation: the request and, over WebSocket, connectionParams. */
@@ -51,7 +56,12 @@ export interface ContextInput {
   transport: "http" | "ws";
   /** The client's address (see `client_address.ts`). */
   address: string;
+  /** Over WebSocket: aborts when the connection closes. */
+  closed?: AbortSignal;
 }
+
+/** The `closed` signal of an HTTP request's "connection": it never closes. */
+const NEVER = new AbortController().signal;
 
 /** Numbers this process's WebSocket connections, for their rate-limit keys. */
 let connectionCount = 0;
@@ -102,6 +112,7 @@ export function createContext(deps: ContextDeps, opts: ContextInput) {
     sendQueue: deps.sendQueue,
     sessions: deps.sessions,
     idTokens: deps.idTokens,
+    calls: deps.calls,
     userAgent,
     transport: opts.transport,
     address: opts.address,
@@ -109,6 +120,7 @@ export function createContext(deps: ContextDeps, opts: ContextInput) {
       key: opts.transport === "ws" ? `ws:${++connectionCount}` : null,
       subscriptions: 0,
       callsInFlight: 0,
+      closed: opts.closed ?? NEVER,
     } satisfies ConnectionState as ConnectionState,
     caller,
     tokenHash,

@@ -75,8 +75,10 @@ export interface AbuseLimits {
   signups: Rate | null;
   /** `auth.signIn` and `auth.exchange`, per client address (see also `SIGN_IN_LOCKOUT`). */
   signIns: Rate | null;
-  /** `messages.react` and `rooms.markRead`, per user (the same default as sends). */
+  /** `messages.react`, `rooms.markRead` and `rooms.typing`, per user (the same default as sends). */
   reactions: Rate | null;
+  /** `calls.signal` (offers, answers, ICE candidates), per user. */
+  signals: Rate | null;
   /** Every write over one WebSocket connection (over HTTP, the user's rates apply). */
   connectionWrites: Rate | null;
   /** Most open subscriptions on one WebSocket. */
@@ -95,6 +97,9 @@ export const DEFAULT_ABUSE_LIMITS: Readonly<AbuseLimits> = {
   signups: { points: 60, seconds: 60 },
   signIns: { points: 60, seconds: 60 },
   reactions: { points: 30, seconds: 10 },
+  // A 6-person mesh: about 20 signals per peer connection when one joins (offer or answer and
+  // trickled ICE candidates), 5 peer connections.
+  signals: { points: 300, seconds: 10 },
   connectionWrites: { points: 150, seconds: 10 },
   subscriptionsPerSocket: 100,
   connectionsPerAddress: 100,

@@ -7,7 +7,14 @@ import { rateLimited } from "./errors.ts";
 import type { AbuseLimits, Rate } from "./limits.ts";
 
 /** The kinds of write that have a rate of their own. */
-export type WriteKind = "sends" | "joins" | "creates" | "signups" | "signIns" | "reactions";
+export type WriteKind =
+  | "sends"
+  | "joins"
+  | "creates"
+  | "signups"
+  | "signIns"
+  | "reactions"
+  | "signals";
 
 /** Who a write is counted against: the acting user (absent for sign-ups) and the connection. */
 export interface WriteKeys {
@@ -28,7 +35,8 @@ const WHAT: Record<WriteKind, string> = {
   creates: "too many creates and updates",
   signups: "too many sign-ups from this address",
   signIns: "too many sign-ins from this address",
-  reactions: "too many reactions and read marks",
+  reactions: "too many reactions, read marks and typing updates",
+  signals: "too many call signals",
 };
 
 /** The per-instance write limiter. */

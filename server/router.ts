@@ -2,6 +2,7 @@
 import { TRPCError } from "@trpc/server";
 import { ping } from "../db/mod.ts";
 import { authRouter } from "./routers/auth.ts";
+import { callsRouter } from "./routers/calls.ts";
 import { messagesRouter } from "./routers/messages.ts";
 import { roomsRouter } from "./routers/rooms.ts";
 import { usersRouter } from "./routers/users.ts";
@@ -22,6 +23,7 @@ export const appRouter = router({
   auth: authRouter,
   rooms: roomsRouter,
   messages: messagesRouter,
+  calls: callsRouter,
 });
 
 /** The type the client is built from. */

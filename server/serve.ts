@@ -16,6 +16,7 @@ import { dataFrameSuffix } from "./realtime/direct_stream.ts";
 import { Hub, type HubTimings } from "./realtime/hub.ts";
 import { appRouter } from "./router.ts";
 import { type AbuseLimits, DEFAULT_ABUSE_LIMITS } from "./limits.ts";
+import { type CallSettings, DEFAULT_CALL_SETTINGS } from "./ice_servers.ts";
 import type { Logger } from "./log.ts";
 import type { OriginPolicy } from "./origin.ts";
 import { WriteLimiter } from "./rate_limit.ts";
@@ -46,6 +47,8 @@ export interface ServeOptions {
   clientAddressHeader?: string | null;
   /** Session lifetime and the identity provider (defaults: 30 days, no provider). */
   accounts?: Partial<AccountSettings>;
+  /** ICE servers and the size of a call (default: `DEFAULT_CALL_SETTINGS`). */
+  calls?: Partial<CallSettings>;
   /**
    * Work before the API serves calls (main.ts migrates here). A database or network outage
    * is retried with backoff; any other failure rejects `ready`.
@@ -104,6 +107,7 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     idTokens: idTokenSettings ? createIdTokenVerifier(idTokenSettings) : null,
     limits,
     writes: new WriteLimiter(limits),
+    calls: { ...DEFAULT_CALL_SETTINGS, ...options.calls },
     clientAddressHeader: options.clientAddressHeader ?? null,
   }, options.sockets);
   const { promise: listening, resolve } = Promise.withResolvers<number>();

@@ -19,6 +19,7 @@ import { fillUsernameKeys } from "../db/users.ts";
 import type { SocketOptions } from "../server/app.ts";
 import type { HubTimings } from "../server/realtime/hub.ts";
 import type { AccountSettings } from "../server/config.ts";
+import type { CallSettings } from "../server/ice_servers.ts";
 import { type AbuseLimits, DEFAULT_ABUSE_LIMITS } from "../server/limits.ts";
 import type { LogFields, Logger } from "../server/log.ts";
 import { createOriginPolicy } from "../server/origin.ts";
@@ -138,6 +139,7 @@ export const BULK_LIMITS: Partial<AbuseLimits> = {
   signups: null,
   signIns: null,
   reactions: null,
+  signals: null,
   connectionWrites: null,
 };
 
@@ -149,6 +151,7 @@ export const BULK_LIMITS_ENV: Record<string, string> = {
   RATE_LIMIT_SIGNUPS: "off",
   RATE_LIMIT_SIGN_INS: "off",
   RATE_LIMIT_REACTIONS: "off",
+  RATE_LIMIT_SIGNALS: "off",
   RATE_LIMIT_CONNECTION_WRITES: "off",
 };
 
@@ -166,6 +169,8 @@ export async function startTestEnv(
     hubTimings?: Partial<HubTimings>;
     /** Session lifetime and identity provider (defaults: 30 days, none). */
     accounts?: Partial<AccountSettings>;
+    /** ICE servers and call size (defaults: none, 6). */
+    calls?: Partial<CallSettings>;
     /** Called with every statement the server's pool sends. */
     onStatement?: (query: string) => void;
   } = {},
@@ -188,6 +193,7 @@ export async function startTestEnv(
     limits: { ...DEFAULT_ABUSE_LIMITS, ...options.limits },
     clientAddressHeader: options.clientAddressHeader ?? null,
     accounts: options.accounts,
+    calls: options.calls,
   });
   await server.ready;
   return {

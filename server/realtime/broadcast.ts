@@ -9,6 +9,7 @@
  * and presence heals after a loss by asking every instance again (`hello`).
  */
 import type { LiveMember } from "../../db/events.ts";
+import type { Participant, Signal } from "./calls.ts";
 import type { Sql } from "../../db/mod.ts";
 import {
   ACCESS_CHANNEL,
@@ -27,7 +28,35 @@ import { HEARTBEAT_MS, HEARTBEAT_TIMEOUT_MS, ListeningConnection } from "./liste
  */
 export type LiveItem =
   | { k: "presence" | "typing"; i: string; r: string; m: LiveMember; on: boolean }
-  | { k: "alive" | "hello" | "reset" | "bye"; i: string };
+  | { k: "alive" | "hello" | "reset" | "bye"; i: string }
+  | { k: "call.join" | "call.leave"; i: string; r: string; p: Participant }
+  | { k: "call.sync"; i: string; all: [string, Participant][] }
+  | { k: "call.signal"; i: string; r: string; to: string; s: Signal };
+
+/**
+ * A piece of a live item too long for one NOTIFY (an SDP offer): `n` numbers the item among
+ * the sender's, `x` the piece, `of` counts them; `d` is that piece of the item's JSON.
+ */
+interface LivePiece {
+  k: "piece";
+  i: string;
+  n: number;
+  x: number;
+  of: number;
+  d: string;
+}
+
+/**
+ * Longest live item sent whole, in UTF-16 code units of its JSON: at most 3 bytes each, under
+ * NOTIFY's 8000-byte payload.
+ */
+const WHOLE_ITEM_CHARS = 2_600;
+
+/** Code units of an item's JSON per piece: at most 6 bytes each once escaped again. */
+const PIECE_CHARS = 1_200;
+
+/** Most items being reassembled at once; past it the oldest is dropped. */
+const MAX_ASSEMBLING = 1_000;
 
 /** What the hub does with what other instances announce. */
 export interface BroadcastHandlers {
@@ -140,6 +169,10 @@ export class PostgresBroadcast implements Broadcast {
   #pending = new Map<string, { seq: number; eventId: number }>();
   #pendingEvents = new Map<string, number>();
   #pendingLive: string[] = [];
+  /** Numbers this instance's live items sent in pieces. */
+  #pieces = 0;
+  /** Items being reassembled: `<instance>:<n>` → their pieces so far. */
+  #assembling = new Map<string, string[]>();
   #handlers: BroadcastHandlers | null = null;
   /** Channels whose last NOTIFY failed (logged once until one succeeds). */
   #failing = new Set<string>();
@@ -191,14 +224,15 @@ export class PostgresBroadcast implements Broadcast {
           channel: LIVE_CHANNEL,
           onNotify: (payload) => {
             for (const line of payload.split("\n")) {
-              let item: LiveItem;
+              let item: LiveItem | LivePiece | null;
               try {
                 item = JSON.parse(line);
               } catch {
                 continue; // not ours
               }
-              if (item.i === this.#instanceId) continue;
-              handlers.onLive(item);
+              if (item?.i === this.#instanceId) continue;
+              if (item?.k === "piece") item = this.#assemble(item);
+              if (item) handlers.onLive(item);
             }
           },
           onListen: () => handlers.onLiveResumed(),
@@ -235,8 +269,42 @@ export class PostgresBroadcast implements Broadcast {
   announceLive(item: LiveItem): void {
     // Every item of this instance carries its id; its own are not handed back.
     this.#instanceId = item.i;
-    this.#pendingLive.push(JSON.stringify(item));
+    const json = JSON.stringify(item);
+    if (json.length <= WHOLE_ITEM_CHARS) {
+      this.#pendingLive.push(json);
+    } else {
+      const n = ++this.#pieces;
+      const of = Math.ceil(json.length / PIECE_CHARS);
+      for (let x = 0; x < of; x++) {
+        const d = json.slice(x * PIECE_CHARS, (x + 1) * PIECE_CHARS);
+        this.#pendingLive.push(JSON.stringify({ k: "piece", i: item.i, n, x, of, d }));
+      }
+    }
     this.#flushing ??= this.#flush();
+  }
+
+  /** Adds a piece to its item; the item once whole (pieces of one sender arrive in order). */
+  #assemble(piece: LivePiece): LiveItem | null {
+    const key = `${piece.i}:${piece.n}`;
+    const parts = piece.x === 0 ? [] : this.#assembling.get(key);
+    if (!parts || parts.length !== piece.x) {
+      this.#assembling.delete(key); // a piece went missing: the item is lost
+      return null;
+    }
+    parts.push(piece.d);
+    this.#assembling.delete(key); // re-inserted last: the map stays oldest first
+    if (parts.length < piece.of) {
+      this.#assembling.set(key, parts);
+      if (this.#assembling.size > MAX_ASSEMBLING) {
+        this.#assembling.delete(this.#assembling.keys().next().value!);
+      }
+      return null;
+    }
+    try {
+      return JSON.parse(parts.join(""));
+    } catch {
+      return null;
+    }
   }
 
   /** See `Broadcast.announceAccess`. */

@@ -61,6 +61,8 @@ export interface ConnectionInfo {
   connectionParams: Record<string, string | undefined> | null;
   /** The client's address (see `client_address.ts`). */
   address: string;
+  /** Aborts when the connection closes (or is released while closing). */
+  closed: AbortSignal;
 }
 
 /** Options of a `ConnectionServer`. */
@@ -309,6 +311,7 @@ export class Connection<TContext> {
         headers,
         connectionParams: readParams(),
         address: this.#address,
+        closed: this.#signal,
       })
     ).then((ctx) => {
       this.#ctx = ctx;

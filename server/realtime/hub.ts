@@ -22,6 +22,7 @@ import { getRoomPositions, type MemberKey } from "../../db/rooms.ts";
 import { withDeadline } from "../deadline.ts";
 import type { Logger } from "../log.ts";
 import type { Broadcast, HeartbeatTimings, LiveItem } from "./broadcast.ts";
+import { Calls } from "./calls.ts";
 import { Presence, type PresenceTimings } from "./presence.ts";
 import { RoomLog } from "./room_log.ts";
 import { Typing } from "./typing.ts";
@@ -93,6 +94,8 @@ export class Hub {
   readonly presence: Presence;
   /** Who is typing in which room, on every instance. */
   readonly typing: Typing;
+  /** Who is in which room's call, on every instance, and the relay of their signals. */
+  readonly calls: Calls;
   #sql: Sql;
   #log: Logger;
   #broadcast: Broadcast;
@@ -141,6 +144,7 @@ export class Hub {
       later,
       onChange: (roomId, online) => publish(roomId, { type: "presence.changed", online }),
       onOffline: (roomId, userId) => this.typing.clear(roomId, userId),
+      onInstanceGone: (instanceId) => this.calls.forgetInstance(instanceId),
       ...options.presenceTimings,
     });
     this.typing = new Typing({
@@ -148,6 +152,7 @@ export class Hub {
       announce,
       onChange: (roomId, typing) => publish(roomId, { type: "typing.changed", typing }),
     });
+    this.calls = new Calls({ instanceId, announce });
   }
 
   /**
@@ -163,8 +168,10 @@ export class Hub {
       onEvents: (roomId, eventId) => this.events.announced(roomId, eventId),
       onAccess: (item) => this.#onAccess(item),
       onLive: (item) => {
-        if (item.k === "typing") this.typing.heard(item);
-        else this.presence.heard(item);
+        if (item.k === "typing") return this.typing.heard(item);
+        if (item.k.startsWith("call.")) return this.calls.heard(item);
+        this.presence.heard(item);
+        if (item.k === "hello" || item.k === "bye") this.calls.heard(item);
       },
       // After a (re)connect or a replacement, anything may have been missed.
       onMessagesResumed: () => {
@@ -172,7 +179,10 @@ export class Hub {
         this.events.catchUpAll();
       },
       onAccessResumed: () => this.#revalidate(),
-      onLiveResumed: () => this.presence.resync(),
+      onLiveResumed: () => {
+        this.presence.resync();
+        this.calls.resync();
+      },
     });
     if (this.#broadcast.lossy) this.#later(this.#reconcileMs, () => this.#reconcile());
     this.#later(EXPIRY_SWEEP_MS, () => this.#sweepExpired());

@@ -46,6 +46,8 @@ export interface PresenceOptions extends Partial<PresenceTimings> {
   onChange(roomId: string, online: LiveMember[]): void;
   /** A member went offline in a room (their typing ends). */
   onOffline(roomId: string, userId: string): void;
+  /** Another instance was given up (it said bye, or was not heard for `timeoutMs`). */
+  onInstanceGone(instanceId: string): void;
   /** Runs `fn` in `ms` unless the hub closed meanwhile. */
   later(ms: number, fn: () => void): void;
 }
@@ -181,8 +183,9 @@ export class Presence {
         this.#sendAll();
         break;
       case "reset":
-        this.#forget(item.i);
-        this.#remote.set(item.i, { heardAt: now, rooms: new Map() });
+        // Its members follow: only presence starts over (its calls are kept, see calls.ts).
+        for (const roomId of remote.rooms.keys()) this.#willChange(roomId);
+        remote.rooms.clear();
         break;
       case "presence": {
         const member = { ...item.m, joinedAt: new Date(item.m.joinedAt) };
@@ -224,6 +227,7 @@ export class Presence {
     if (!remote) return;
     for (const roomId of remote.rooms.keys()) this.#willChange(roomId);
     this.#remote.delete(instanceId);
+    this.#options.onInstanceGone(instanceId);
   }
 
   #beat(): void {
