@@ -2,7 +2,9 @@
  * Queries on what makes an account reachable from another device: its password, its identity
  * at the front end's identity provider, failed sign-ins, and its deletion.
  */
+import { appendEvent, type NumberedEvent } from "./events.ts";
 import type { Sql } from "./mod.ts";
+import type { Member } from "./rooms.ts";
 import type { User } from "./users.ts";
 
 /** A user found by a sign-in name: their id and password hash (null for a guest account). */
@@ -101,18 +103,69 @@ export const DELETED_USERNAME = "Deleted user";
  * Deletes an account in one transaction: its messages stay in their rooms' history with
  * `userId` null, the name `DELETED_USERNAME` and no avatar; its sessions, memberships and
  * identities go; rooms it created stay without a creator; its username is free again.
- * Returns the token hashes of the sessions that ended, or undefined when there was no such
- * user.
+ * Each room stores what its members see go: a `reaction.changed` for each of the account's
+ * reactions and a `member.left` for each membership (db/events.ts). Returns the token hashes of
+ * the sessions that ended and those events by room (to hand to the hub after commit), or
+ * undefined when there was no such user.
  *
- * Locks in a send's order (room rows, then the user row its foreign key shares), so the two
- * never deadlock; with the user row locked no send can commit a message between the rewrite
- * of the messages and the deletion (it fails on the foreign key instead, as unauthenticated).
+ * Locks in a send's order (room rows in id order, then the user row its foreign key shares;
+ * joins, leaves and reactions lock their room first too), so none of them deadlocks with it;
+ * with the user row locked no send can commit a message between the rewrite of the messages
+ * and the deletion (it fails on the foreign key instead, as unauthenticated).
  */
-export async function deleteUser(sql: Sql, userId: string): Promise<string[] | undefined> {
+export async function deleteUser(
+  sql: Sql,
+  userId: string,
+): Promise<{ sessions: string[]; events: [string, NumberedEvent][] } | undefined> {
   return await sql.begin(async (sql) => {
-    await sql`select id from rooms where created_by = ${userId} order by id for no key update`;
+    await sql`
+      select id from rooms
+      where created_by = ${userId}
+        or id in (select room_id from room_members where user_id = ${userId})
+        or id in (
+          select m.room_id from message_reactions r join messages m on m.id = r.message_id
+          where r.user_id = ${userId}
+        )
+      order by id
+      for no key update
+    `;
     const found = await sql`select id from users where id = ${userId} for update`;
     if (found.length === 0) return undefined;
+    const events: [string, NumberedEvent][] = [];
+    // Reactions first (a reaction of a member who left stays until now), then memberships.
+    const reactions = await sql<
+      { roomId: string; messageId: string; emoji: string; count: number }[]
+    >`
+      delete from message_reactions r using messages m
+      where r.user_id = ${userId} and m.id = r.message_id
+      returning m.room_id, r.message_id, r.emoji, (
+        select count(*)::int - 1 from message_reactions o
+        where o.message_id = r.message_id and o.emoji = r.emoji
+      ) as count
+    `;
+    for (const { roomId, messageId, emoji, count } of reactions.toSorted(byRoom)) {
+      const value = { messageId, emoji, userId, added: false, count };
+      const eventId = await appendEvent(sql, roomId, "reaction.changed", {
+        messageId,
+        userId,
+        payload: { emoji, added: false, count },
+      });
+      events.push([roomId, { eventId, event: { type: "reaction.changed", ...value } }]);
+    }
+    const memberships = await sql<Member[]>`
+      select m.room_id, m.user_id, u.username, u.avatar_url, m.joined_at
+      from room_members m join users u on u.id = m.user_id
+      where m.user_id = ${userId}
+      order by m.room_id
+    `;
+    await sql`delete from room_members where user_id = ${userId}`;
+    for (const member of memberships) {
+      const eventId = await appendEvent(sql, member.roomId, "member.left", {
+        userId,
+        payload: { joinedAt: member.joinedAt },
+      });
+      events.push([member.roomId, { eventId, event: { type: "member.left", ...member } }]);
+    }
     await sql`
       update messages set user_id = null, username = ${DELETED_USERNAME}, avatar_url = null
       where user_id = ${userId}
@@ -121,6 +174,11 @@ export async function deleteUser(sql: Sql, userId: string): Promise<string[] | u
       delete from tokens where user_id = ${userId} returning hash
     `;
     await sql`delete from users where id = ${userId}`;
-    return sessions.map((session) => session.hash);
+    return { sessions: sessions.map((session) => session.hash), events };
   });
+}
+
+/** Orders rows by room id (the order rooms are locked in). */
+function byRoom(a: { roomId: string }, b: { roomId: string }): number {
+  return a.roomId < b.roomId ? -1 : a.roomId > b.roomId ? 1 : 0;
 }

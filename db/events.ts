@@ -72,6 +72,15 @@ export interface EventRow {
 }
 
 /**
+ * Locks a room's row before a change that stores an event. Every writer locks in one order:
+ * room rows (in id order when several), then users, then messages and the rest; sends and
+ * account deletions do the same, so none deadlocks with another.
+ */
+export async function lockRoom(sql: Queryable, roomId: string): Promise<void> {
+  await sql`select 1 from rooms where id = ${roomId} for no key update`;
+}
+
+/**
  * Appends one event of `type` to `roomId`'s order; returns its id. Run it inside the
  * transaction of the change it records: the room's row stays locked until commit, so event
  * ids commit in order with no gaps (a rollback takes the id back).
@@ -143,6 +152,15 @@ export async function listEvents(
           null::jsonb as payload
         from messages where room_id = ${roomId} and event_id > ${afterEventId}
         order by event_id limit ${limit}
+      )
+      union all
+      (
+        -- Messages stored before migration 00006: event id = seq.
+        select seq, 'message.created', id, null, null
+        from messages
+        where room_id = ${roomId} and event_id is null and seq > ${afterEventId}
+          and seq <= (select seq_events_until from rooms where id = ${roomId})
+        order by seq limit ${limit}
       )
       union all
       (

@@ -1,5 +1,5 @@
 /** Queries on messages, numbered 1, 2, 3, ... per room with no gaps. */
-import { appendEvent, messageEvent, type NumberedEvent } from "./events.ts";
+import { appendEvent, lockRoom, messageEvent, type NumberedEvent } from "./events.ts";
 import { postgres, type Queryable, type Sql } from "./mod.ts";
 
 /**
@@ -200,7 +200,7 @@ export async function sendMessages(
       coalesce(i.created_at, e.created_at) as created_at,
       coalesce(i.edited_at, e.edited_at) as edited_at,
       coalesce(i.deleted_at, e.deleted_at) as deleted_at,
-      coalesce(i.event_id, e.event_id)::float8 as event_id
+      coalesce(i.event_id, e.event_id, e.seq)::float8 as event_id
     from resolved r
     left join fresh f on f.ord = r.ord
     left join room on true
@@ -243,7 +243,8 @@ export async function findByClientId(
 ): Promise<{ message: Message; eventId: number } | undefined> {
   const [row] = await sql<[(Omit<Message, "reactions"> & { eventId: number })?]>`
     select m.id, m.room_id, m.seq, m.user_id, m.username, m.avatar_url, m.content,
-      m.client_message_id, m.created_at, m.edited_at, m.deleted_at, m.event_id::float8 as event_id
+      m.client_message_id, m.created_at, m.edited_at, m.deleted_at,
+      coalesce(m.event_id, m.seq)::float8 as event_id
     from messages m join tokens t on t.user_id = m.user_id
     where t.hash = ${tokenHash} and m.client_message_id = ${clientMessageId}
   `;
@@ -297,14 +298,6 @@ export async function listMessages(
 export type ChangeResult<T> =
   | { status: "ok"; value: T; event: NumberedEvent | null }
   | { status: "not_found" | "forbidden" | "deleted" | "too_many_emoji" };
-
-/**
- * Locks the room's row first, as sends and account deletions do (rooms before messages: no
- * deadlock between them), so the change takes the room's next event id.
- */
-async function lockRoom(sql: Queryable, roomId: string): Promise<void> {
-  await sql`select 1 from rooms where id = ${roomId} for no key update`;
-}
 
 /**
  * Replaces the content of a message of `roomId` by its author and stamps `editedAt`.

@@ -1,5 +1,5 @@
 /** Queries on rooms and room membership. */
-import { appendEvent, type NumberedEvent } from "./events.ts";
+import { appendEvent, lockRoom, type NumberedEvent } from "./events.ts";
 import type { Queryable, Sql } from "./mod.ts";
 
 /** A room as the API returns it. */
@@ -138,6 +138,7 @@ export async function joinRoom(
   key: MemberKey,
 ): Promise<{ member: Member; event: NumberedEvent | null } | undefined> {
   return await sql.begin(async (sql) => {
+    await lockRoom(sql, key.roomId);
     const event = await addMember(sql, key);
     const member = await getMember(sql, key);
     return member && { member, event };
@@ -163,6 +164,7 @@ export async function leaveRoom(
   { roomId, userId }: MemberKey,
 ): Promise<NumberedEvent | null> {
   return await sql.begin(async (sql) => {
+    await lockRoom(sql, roomId);
     const member = await getMember(sql, { roomId, userId });
     const rows = await sql<{ joinedAt: Date }[]>`
       delete from room_members where room_id = ${roomId} and user_id = ${userId}

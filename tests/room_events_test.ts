@@ -137,8 +137,14 @@ Deno.test("rooms.onEvent: every stored event in one order, and a resume replays 
         const live = watcher.seen.stored();
         const replayed = replay.seen.stored();
         assert.deepEqual(replayed.map((e) => e.id), live.map((e) => e.id));
-        assert.deepEqual(replayed.slice(2).map((e) => e.data), live.slice(2).map((e) => e.data));
+        // From the reactions on, the same events; before, messages as they are now.
+        assert.deepEqual(replayed.slice(3).map((e) => e.data), live.slice(3).map((e) => e.data));
         assert.equal(replayed[0].data.type, "message.created");
+        // The deleted message's text is not replayed, although the hub had it in memory.
+        const [, second] = replayed.map((e) => e.data);
+        assert.ok(second.type === "message.created" && second.id === m2.id);
+        assert.equal(second.content, "");
+        assert.ok(second.deletedAt instanceof Date);
         // Presence comes once the replay is done, after the stored events.
         await waitFor(() => replay.seen.of("presence.changed").length > 0, "presence");
         const lastStored = replay.seen.events.findLastIndex((e) => !e.data.type.startsWith("p"));
@@ -371,6 +377,19 @@ Deno.test({ name: TWO, ignore: needsRealPostgres(TWO) }, async () => {
     );
     onTwo.stop();
     await waitFor(() => latest().length === 1, "bob offline");
+    // Typing without a subscription, then leaving: the other instance sees the typing end
+    // at once, not after 6 s.
+    await b.trpc.rooms.typing.mutate({ roomId: room.id, typing: true });
+    await waitFor(
+      () => (onOne.seen.of("typing.changed").at(-1)?.typing.length ?? 0) === 1,
+      "bob typing again",
+    );
+    await bob.api.rooms.leave.mutate({ roomId: room.id });
+    await waitFor(
+      () => onOne.seen.of("typing.changed").at(-1)?.typing.length === 0,
+      "typing ended by the leave",
+      2_000,
+    );
   } finally {
     onOne.stop();
     await a.close();
@@ -409,5 +428,94 @@ Deno.test({ name: DEATH, ignore: needsRealPostgres(DEATH) }, async () => {
     watcher.stop();
     await a.close();
     await doomed.close().catch(() => {});
+  }
+});
+
+Deno.test("messages stored before migration 00006 replay as events numbered by seq", async () => {
+  await using env = await startTestEnv({ limits: BULK_LIMITS });
+  const alice = await signUp(env);
+  const room = await alice.api.rooms.create.mutate({ name: "Older than events" });
+  // The room as migration 00006 leaves one of an older release: 30 messages without event ids,
+  // no room_events, last_event_id = seq_events_until = last_seq.
+  await env.sql`delete from room_events where room_id = ${room.id}`;
+  await env.sql`
+    with bump as (
+      update rooms set last_seq = 30, last_event_id = 30, seq_events_until = 30
+      where id = ${room.id}
+    )
+    insert into messages (room_id, seq, user_id, username, content)
+    select ${room.id}, s, ${alice.user.id}, 'alice', 'old ' || s from generate_series(1, 30) s
+  `;
+  // A message an instance of the older release stores during a rolling deploy: no event id.
+  await env.sql`
+    with bump as (update rooms set last_seq = 31 where id = ${room.id})
+    insert into messages (room_id, seq, user_id, username, content)
+    values (${room.id}, 31, ${alice.user.id}, 'alice', 'from an old instance')
+  `;
+  const a = wsClient(env, { token: alice.token });
+  const watcher = watchEvents(a.trpc, room.id, "20");
+  try {
+    await waitFor(() => watcher.seen.stored().length === 10, "the last ten old messages");
+    const sent = await alice.api.messages.send.mutate({ roomId: room.id, content: "new" });
+    await waitFor(() => watcher.seen.stored().length === 11, "the new one");
+    const stored = watcher.seen.stored();
+    assert.deepEqual(stored.map((e) => e.id), [
+      ...Array.from({ length: 10 }, (_, i) => String(21 + i)),
+      "31",
+    ]);
+    assert.deepEqual(
+      watchedContents(stored),
+      [...Array.from({ length: 10 }, (_, i) => `old ${21 + i}`), "new"],
+    );
+    assert.equal(sent.seq, 32);
+  } finally {
+    watcher.stop();
+    await a.close();
+  }
+});
+
+/** The contents of `message.created` events. */
+function watchedContents(events: { data: RoomEvent }[]): string[] {
+  return events.map((e) => e.data.type === "message.created" ? e.data.content : e.data.type);
+}
+
+Deno.test("deleting an account stores its reactions going and its memberships ending", async () => {
+  await using env = await startTestEnv({ limits: BULK_LIMITS });
+  const alice = await signUp(env);
+  const bob = await signUp(env);
+  const room = await alice.api.rooms.create.mutate({ name: "Goodbye" });
+  await bob.api.rooms.join.mutate({ roomId: room.id });
+  const sent = await alice.api.messages.send.mutate({ roomId: room.id, content: "react to me" });
+  await bob.api.messages.react.mutate({
+    roomId: room.id,
+    messageId: sent.id,
+    emoji: "👋",
+    on: true,
+  });
+  const a = wsClient(env, { token: alice.token });
+  const watcher = watchEvents(a.trpc, room.id);
+  try {
+    await waitFor(() => watcher.seen.started, "subscribed");
+    await bob.api.users.delete.mutate({});
+    await waitFor(() => watcher.seen.stored().length === 2, "two events");
+    const [reaction, left] = watcher.seen.stored().map((e) => e.data);
+    assert.ok(reaction.type === "reaction.changed");
+    assert.deepEqual(
+      [reaction.messageId, reaction.emoji, reaction.userId, reaction.added, reaction.count],
+      [sent.id, "👋", bob.user.id, false, 0],
+    );
+    assert.ok(left.type === "member.left");
+    assert.equal(left.userId, bob.user.id);
+    // Replayed, the member is a deleted user's.
+    const first = Number(watcher.seen.stored()[0].id) - 1;
+    const replay = watchEvents(a.trpc, room.id, String(first));
+    await waitFor(() => replay.seen.stored().length === 2, "replayed");
+    const replayedLeft = replay.seen.stored()[1].data;
+    assert.ok(replayedLeft.type === "member.left");
+    assert.deepEqual([replayedLeft.userId, replayedLeft.username], [null, "Deleted user"]);
+    replay.stop();
+  } finally {
+    watcher.stop();
+    await a.close();
   }
 });

@@ -28,7 +28,7 @@ import { HEARTBEAT_MS, HEARTBEAT_TIMEOUT_MS, ListeningConnection } from "./liste
  */
 export type LiveItem =
   | { k: "presence" | "typing"; i: string; r: string; m: LiveMember; on: boolean }
-  | { k: "alive" | "hello" | "reset" | "bye"; i: string }
+  | { k: "alive" | "hello" | "reset" | "synced" | "bye"; i: string }
   | { k: "call.join" | "call.leave"; i: string; r: string; p: Participant }
   | { k: "call.sync"; i: string; all: [string, Participant][] }
   | { k: "call.signal"; i: string; r: string; to: string; s: Signal };

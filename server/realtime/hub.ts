@@ -260,6 +260,15 @@ export class Hub {
     await this.announceLogouts(tokenHashes);
   }
 
+  /**
+   * Announces that a message of the room was edited or deleted: every instance drops the
+   * room's messages and events in memory, so replays read them as they are now and deleted
+   * text is never sent again.
+   */
+  async announceRedaction(roomId: string): Promise<void> {
+    await this.#announceAccess(`redact:${roomId}`);
+  }
+
   /** Ends this instance's affected subscriptions at once, then tells the other instances. */
   async #announceAccess(item: string): Promise<void> {
     this.#onAccess(item);
@@ -356,11 +365,18 @@ export class Hub {
 
   #onAccess(item: string): void {
     const [kind, a, b] = item.split(":");
+    if (kind === "redact") {
+      this.messages.forgetRoom(a);
+      this.events.forgetRoom(a);
+      return;
+    }
     if (kind === "deleted") {
       this.messages.forget((message) => message.userId === a);
-      // Events name the user in many ways (messages, reactions, members): drop them all.
-      this.events.forget(() => true);
+      // Messages, reactions and memberships name the user by `userId`.
+      this.events.forget((event) => "userId" in event && event.userId === a);
+      this.typing.clearUser(a);
     }
+    if (kind === "leave") this.typing.clear(a, b);
     for (const [holder, onRevoke] of this.#holders) {
       // A holder still being set up may not know its user yet: it checks again itself.
       const unknown = holder.userId === "";

@@ -27,8 +27,14 @@ export const PRESENCE_TIMEOUT_MS = 20_000;
 /** Between sweeps for dead instances, in milliseconds. */
 const SWEEP_MS = 1_000;
 
-/** Presence changes of a room within this window are published once, in milliseconds. */
-const COALESCE_MS = 50;
+/**
+ * Presence changes of a room within a window are published once: 50 ms, growing by 5 ms per
+ * member online beyond ten up to 2 s. Every change sends the whole list to every subscriber
+ * (N² bytes for N people arriving together), so a big room gets fewer, bigger updates.
+ */
+function coalesceMs(online: number): number {
+  return Math.min(2_000, Math.max(50, online * 5));
+}
 
 /** The presence timings (tests shorten them). */
 export interface PresenceTimings {
@@ -64,6 +70,11 @@ interface Remote {
   heardAt: number;
   /** Room id → user id → member. */
   rooms: Map<string, Map<string, LiveMember>>;
+  /**
+   * Its members being sent again (after its `reset`, until `synced`): they replace `rooms` in
+   * one step, so nobody flaps offline and back.
+   */
+  incoming: Map<string, Map<string, LiveMember>> | null;
 }
 
 /** Presence across instances. */
@@ -172,10 +183,12 @@ export class Presence {
     if (item.k === "bye") return this.#forget(item.i);
     let remote = this.#remote.get(item.i);
     if (!remote) {
-      this.#remote.set(item.i, remote = { heardAt: now, rooms: new Map() });
-      // An instance heard for the first time (or again after it was given up): its members
-      // may be unknown here.
-      if (item.k === "alive") this.#announce({ k: "hello", i: this.#options.instanceId });
+      this.#remote.set(item.i, remote = { heardAt: now, rooms: new Map(), incoming: null });
+      // An instance heard for the first time (or again after it was given up) that is not
+      // sending its members already: ask everyone for theirs.
+      if (item.k !== "hello" && item.k !== "reset") {
+        this.#announce({ k: "hello", i: this.#options.instanceId });
+      }
     }
     remote.heardAt = now;
     switch (item.k) {
@@ -183,21 +196,35 @@ export class Presence {
         this.#sendAll();
         break;
       case "reset":
-        // Its members follow: only presence starts over (its calls are kept, see calls.ts).
-        for (const roomId of remote.rooms.keys()) this.#willChange(roomId);
-        remote.rooms.clear();
+        remote.incoming = new Map();
         break;
+      case "synced": {
+        const incoming = remote.incoming;
+        if (incoming === null) break;
+        remote.incoming = null;
+        for (const roomId of new Set([...remote.rooms.keys(), ...incoming.keys()])) {
+          const before = remote.rooms.get(roomId);
+          const after = incoming.get(roomId);
+          const same = before?.size === after?.size &&
+            [...before?.keys() ?? []].every((userId) => after?.has(userId));
+          if (!same) this.#willChange(roomId);
+        }
+        remote.rooms = incoming;
+        break;
+      }
       case "presence": {
         const member = { ...item.m, joinedAt: new Date(item.m.joinedAt) };
-        let room = remote.rooms.get(item.r);
+        const rooms = remote.incoming ?? remote.rooms;
+        let room = rooms.get(item.r);
+        const live = rooms === remote.rooms;
         if (item.on) {
-          if (!room) remote.rooms.set(item.r, room = new Map());
-          this.#willChange(item.r);
+          if (!room) rooms.set(item.r, room = new Map());
+          if (live) this.#willChange(item.r);
           room.set(member.userId, member);
         } else if (room?.has(member.userId)) {
-          this.#willChange(item.r);
+          if (live) this.#willChange(item.r);
           room.delete(member.userId);
-          if (room.size === 0) remote.rooms.delete(item.r);
+          if (room.size === 0) rooms.delete(item.r);
         }
         break;
       }
@@ -210,7 +237,10 @@ export class Presence {
     this.#sendAll();
   }
 
-  /** This instance's members, after a reset, for an instance that said hello. */
+  /**
+   * This instance's members, between a `reset` and a `synced` (they replace what the others
+   * knew of it in one step), for an instance that said hello.
+   */
   #sendAll(): void {
     const i = this.#options.instanceId;
     this.#announce({ k: "reset", i });
@@ -219,6 +249,7 @@ export class Presence {
         this.#announce({ k: "presence", i, r: roomId, m: member, on: true });
       }
     }
+    this.#announce({ k: "synced", i });
   }
 
   /** Drops what another instance told (it said bye, or was not heard for `timeoutMs`). */
@@ -254,8 +285,9 @@ export class Presence {
   /** Notes who was online in a room before a change; publishes after `COALESCE_MS`. */
   #willChange(roomId: string): void {
     if (this.#changed.has(roomId)) return;
-    this.#changed.set(roomId, new Set(this.online(roomId).map((member) => member.userId)));
-    this.#options.later(COALESCE_MS, () => {
+    const online = this.online(roomId);
+    this.#changed.set(roomId, new Set(online.map((member) => member.userId)));
+    this.#options.later(coalesceMs(online.length), () => {
       const before = this.#changed.get(roomId)!;
       this.#changed.delete(roomId);
       const online = this.online(roomId);

@@ -213,6 +213,12 @@ export class RoomLog<T> {
     for (const subscriber of room.subscribers) subscriber.deliver(item);
   }
 
+  /** Drops a room's items in memory: replays read Postgres, where they are current. */
+  forgetRoom(roomId: string): void {
+    const room = this.#rooms.get(roomId);
+    if (room) room.recent = [];
+  }
+
   /** Drops the items in memory of every room that holds one matching `test` (read again). */
   forget(test: (value: T) => boolean): void {
     for (const room of this.#rooms.values()) {

@@ -83,6 +83,11 @@ export class Typing {
     if (known) this.#apply(known.member, false);
   }
 
+  /** Ends a user's typing in every room here (their account is gone). */
+  clearUser(userId: string): void {
+    for (const roomId of [...this.#rooms.keys()]) this.clear(roomId, userId);
+  }
+
   /** Ends every timer. */
   close(): void {
     for (const room of this.#rooms.values()) {

@@ -107,7 +107,12 @@ export const messagesRouter = router({
     .input(z.object({ messageId: id, content }))
     .mutation(async ({ ctx, input }) => {
       const key = { roomId: input.roomId, messageId: input.messageId, userId: ctx.user.id };
-      return changed(ctx.hub, input.roomId, await editMessage(ctx.sql, key, input.content), "edit");
+      return await changed(
+        ctx.hub,
+        input.roomId,
+        await editMessage(ctx.sql, key, input.content),
+        "edit",
+      );
     }),
 
   /**
@@ -120,7 +125,7 @@ export const messagesRouter = router({
     .input(z.object({ messageId: id }))
     .mutation(async ({ ctx, input }) => {
       const key = { roomId: input.roomId, messageId: input.messageId, userId: ctx.user.id };
-      return changed(ctx.hub, input.roomId, await deleteMessage(ctx.sql, key), "delete");
+      return await changed(ctx.hub, input.roomId, await deleteMessage(ctx.sql, key), "delete");
     }),
 
   /**
@@ -135,7 +140,7 @@ export const messagesRouter = router({
     .mutation(async ({ ctx, input }) => {
       const key = { roomId: input.roomId, messageId: input.messageId, userId: ctx.user.id };
       const result = await reactToMessage(ctx.sql, key, input.emoji, input.on);
-      return changed(ctx.hub, input.roomId, result, "react to");
+      return await changed(ctx.hub, input.roomId, result, "react to");
     }),
 
   onMessage: sessionProcedure
@@ -151,12 +156,21 @@ export const messagesRouter = router({
 
 /**
  * The value of an edit, deletion or reaction, whose event (if it stored one) is handed to the
- * hub; or the API error for what it found.
+ * hub (an edit or deletion also drops the room's messages in memory everywhere); or the API
+ * error for what it found.
  */
-function changed<T>(hub: Hub, roomId: string, result: ChangeResult<T>, verb: string): T {
+async function changed<T>(
+  hub: Hub,
+  roomId: string,
+  result: ChangeResult<T>,
+  verb: string,
+): Promise<T> {
   switch (result.status) {
     case "ok":
-      if (result.event) hub.committedEvent(roomId, result.event);
+      if (result.event) {
+        hub.committedEvent(roomId, result.event);
+        if (result.event.event.type !== "reaction.changed") await hub.announceRedaction(roomId);
+      }
       return result.value;
     case "not_found":
       throw new TRPCError({ code: "NOT_FOUND", message: "Message not found in this room" });

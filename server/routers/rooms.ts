@@ -36,7 +36,7 @@ const liveKeys = new WeakMap<RoomEvent, string>();
 
 /**
  * A subscriber's filter of live events: a presence or typing event that lists the same members
- * as the last one of its type it got is dropped. (A change coalesced over 50 ms can reach a new
+ * as the last one of its type it got is dropped. (A change coalesced over a window can reach a new
  * subscriber after its snapshot already showed it.)
  */
 function withoutRepeats(): (event: RoomEvent) => boolean {

@@ -106,11 +106,12 @@ export const usersRouter = router({
       await countPasswordCheck(ctx);
       const caller = { user: ctx.user, tokenHash: ctx.tokenHash, signal: ctx.deadline };
       await requireProof(ctx.sql, caller, input.password, "password");
-      const ended = await deleteUser(ctx.sql, ctx.user.id);
-      if (!ended) {
+      const deleted = await deleteUser(ctx.sql, ctx.user.id);
+      if (!deleted) {
         throw new TRPCError({ code: "NOT_FOUND", message: "User no longer exists" });
       }
-      await ctx.hub.announceAccountDeleted(ctx.user.id, ended);
+      for (const [roomId, event] of deleted.events) ctx.hub.committedEvent(roomId, event);
+      await ctx.hub.announceAccountDeleted(ctx.user.id, deleted.sessions);
       return { ok: true as const };
     }),
 });
