@@ -15,7 +15,7 @@ import { createSessionTracker, type SessionListener, type SessionState } from ".
 import { createSocketTransport } from "./socket.ts";
 
 export type { AccessChange, AppRouter, SessionListener, SessionState, TokenSource };
-export { watchRoom } from "./watch_room.ts";
+export { TYPING_RENEW_MS, watchRoom } from "./watch_room.ts";
 export type { RoomState, WatchRoomHandle, WatchRoomOptions } from "./watch_room.ts";
 export { exchangeIdToken, signIn, signOut, signUp } from "./auth.ts";
 export type { OpenedSession } from "./auth.ts";
@@ -39,6 +39,22 @@ export type Member = RouterOutputs["rooms"]["join"];
 
 /** A message with the sender's name and avatar at sending time. */
 export type Message = RouterOutputs["messages"]["send"];
+
+/**
+ * One emoji's reactions to a message: `{ emoji, count, mine }`, `mine` true when the caller
+ * reacted with it (always false in `rooms.onEvent` events; `watchRoom` sets it right).
+ */
+export type Reaction = Message["reactions"][number];
+
+/** What `messages.react` answers: `{ messageId, emoji, userId, added, count }`. */
+export type ReactionChange = RouterOutputs["messages"]["react"];
+
+/**
+ * An event of `rooms.onEvent`, a union on `type`: `message.created`, `message.updated`,
+ * `message.deleted`, `reaction.changed`, `member.joined`, `member.left` (stored, replayed on
+ * resume) and `presence.changed`, `typing.changed` (live only).
+ */
+export type { RoomEvent } from "../db/events.ts";
 
 /** Options of `createParleyClient`. */
 export interface ParleyClientOptions {

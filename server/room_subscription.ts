@@ -29,7 +29,7 @@ export interface RoomSubscriptionKind<T> {
  * onStarted is already being listened to. The caller is online in the room (presence) until the
  * stream ends.
  * @throws `TOO_MANY_REQUESTS` past the per-socket subscription cap; `UNAUTHORIZED`,
- * `NOT_FOUND`, `FORBIDDEN` as `openRoom`; `CONFLICT` (resync) as `resumePoint`; `CLIENT_CLOSED_REQUEST`
+ * `NOT_FOUND`, `FORBIDDEN` as `openRoom`; `PRECONDITION_FAILED` (resync) as `resumePoint`; `CLIENT_CLOSED_REQUEST`
  * when the subscriber went away during setup.
  */
 export async function openRoomSubscription<T>(

@@ -53,8 +53,66 @@ function storedToken(page: Page) {
   });
 }
 
-async function until(page: Page, what: string, check: () => Promise<boolean>) {
-  const deadline = Date.now() + 10_000;
+/** The names shown online in the open room, each with a presence dot. */
+function onlineNames(page: Page) {
+  return page.$$eval(
+    "#online .member",
+    (items) => items.filter((item) => item.querySelector(".dot")).map((item) => item.textContent),
+  );
+}
+
+/** The "… is typing" line, or null while it is hidden. */
+function typingLine(page: Page) {
+  return page.$eval("#typing", (el) => el.hasAttribute("hidden") ? null : el.textContent);
+}
+
+/** A message's content, note ("(edited)", "message deleted") and whether it shows as deleted. */
+function messageAt(page: Page, seq: number) {
+  return page.$eval(`#messages .message[data-seq="${seq}"]`, (item) => ({
+    content: item.querySelector(".content")?.textContent,
+    note: item.querySelector(".note")?.textContent ?? null,
+    deleted: item.classList.contains("deleted"),
+    canEdit: item.querySelector(".edit") !== null,
+  }));
+}
+
+/** A message's reaction button for `emoji`: its count (0 when none) and whether it is mine. */
+function reactionAt(page: Page, seq: number, emoji: string) {
+  return page.$eval(
+    `#messages .message[data-seq="${seq}"] .reaction[data-emoji="${emoji}"]`,
+    (b) => ({
+      count: Number(b.querySelector(".count")?.textContent ?? 0),
+      mine: b.getAttribute("aria-pressed") === "true",
+    }),
+  );
+}
+
+/** The unread count the room list shows for a room (0 when its badge is hidden). */
+function unreadOf(page: Page, roomName: string) {
+  return page.$eval(
+    `#room-list li[data-room-name="${roomName}"] .unread`,
+    (el) => el.hasAttribute("hidden") ? 0 : Number(el.textContent),
+  );
+}
+
+/** Cuts the page's WebSockets; with `offline`, new ones fail until it is set back to false. */
+function cutSockets(page: Page, offline: boolean) {
+  return page.evaluate((offline) => {
+    const debug = (globalThis as unknown as {
+      parleyDebug: { sockets: WebSocket[]; offline: boolean };
+    }).parleyDebug;
+    debug.offline = offline;
+    if (offline) { for (const socket of debug.sockets) socket.close(); }
+  }, offline);
+}
+
+async function until(
+  page: Page,
+  what: string,
+  check: () => Promise<boolean>,
+  timeoutMs = 10_000,
+) {
+  const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error(`Timed out in the browser: ${what}`);
     await page.waitForTimeout(50);
@@ -196,6 +254,160 @@ Deno.test({
         await shot(pageB, "2_bob_after_cut");
       });
 
+      await t.step("each page shows the other member online, with a presence dot", async () => {
+        await until(
+          pageA,
+          "bob online for alice",
+          async () => (await onlineNames(pageA)).includes("bob"),
+        );
+        await until(
+          pageB,
+          "alice online for bob",
+          async () => (await onlineNames(pageB)).includes("alice"),
+        );
+        assert.deepEqual((await onlineNames(pageA)).sort(), ["alice", "bob"]);
+      });
+
+      await t.step(
+        "typing on one page shows '… is typing' on the other; clearing the box ends it",
+        async () => {
+          await pageB.locator("#send-form [name=content]").pressSequentially("hel", {
+            delay: 50,
+          });
+          await until(pageA, "bob typing", async () => await typingLine(pageA) !== null);
+          assert.equal(await typingLine(pageA), "bob is typing…");
+          assert.equal(await typingLine(pageB), null, "one's own typing is not shown");
+          await shot(pageA, "6_alice_sees_bob_typing");
+          await pageB.fill("#send-form [name=content]", "");
+          await until(pageA, "bob stopped", async () => await typingLine(pageA) === null);
+        },
+      );
+
+      await t.step(
+        "an edit and a deletion of one's own message show on the other page",
+        async () => {
+          assert.equal((await messageAt(pageA, 3)).canEdit, true, "alice's own message");
+          assert.equal((await messageAt(pageB, 3)).canEdit, false, "not bob's to edit");
+          assert.equal((await messageAt(pageB, 2)).canEdit, true, "bob's own message");
+          await pageA.click('#messages .message[data-seq="3"] .edit');
+          assert.equal(
+            await pageA.inputValue("#send-form [name=content]"),
+            "while bob was away 1",
+          );
+          await pageA.fill("#send-form [name=content]", "edited by alice");
+          await pageA.click("#send-form button");
+          await until(
+            pageB,
+            "bob sees the edit",
+            async () => (await messageAt(pageB, 3)).content === "edited by alice",
+          );
+          assert.equal((await messageAt(pageB, 3)).note, "(edited)");
+
+          await pageA.click('#messages .message[data-seq="4"] .delete');
+          await until(
+            pageB,
+            "bob sees the deletion",
+            async () => (await messageAt(pageB, 4)).deleted,
+          );
+          assert.deepEqual(await messageAt(pageB, 4), {
+            content: "",
+            note: "message deleted",
+            deleted: true,
+            canEdit: false,
+          });
+          await shot(pageB, "7_bob_sees_edit_and_delete");
+        },
+      );
+
+      await t.step(
+        "a reaction on one page shows its count on the other, pressed only for who reacted",
+        async () => {
+          await pageB.click('#messages .message[data-seq="1"] .reaction[data-emoji="👍"]');
+          await until(
+            pageA,
+            "alice sees bob's 👍",
+            async () => (await reactionAt(pageA, 1, "👍")).count === 1,
+          );
+          assert.deepEqual(await reactionAt(pageA, 1, "👍"), { count: 1, mine: false });
+          await until(
+            pageB,
+            "bob's 👍 pressed",
+            async () => (await reactionAt(pageB, 1, "👍")).mine,
+          );
+          await pageA.click('#messages .message[data-seq="1"] .reaction[data-emoji="👍"]');
+          await until(pageB, "two 👍", async () => (await reactionAt(pageB, 1, "👍")).count === 2);
+          assert.deepEqual(await reactionAt(pageB, 1, "👍"), { count: 2, mine: true });
+          await shot(pageA, "8_alice_reactions");
+        },
+      );
+
+      await t.step(
+        "a room's unread count in the room list rises with new messages and clears once read",
+        async () => {
+          await pageB.click("#leave-room");
+          await until(pageB, "the room list", async () => (await roomNames(pageB)).length > 0);
+          assert.equal(await unreadOf(pageB, "Standup"), 0, "bob read it all");
+          for (const content of ["are you there, bob?", "bob?"]) {
+            await pageA.fill("#send-form [name=content]", content);
+            await pageA.click("#send-form button");
+          }
+          await until(pageB, "two unread", async () => await unreadOf(pageB, "Standup") === 2);
+          await shot(pageB, "9_bob_unread");
+          await pageB.click("#room-list button[data-room-name=Standup]");
+          await pageB.waitForSelector("#state[data-state=live]");
+          await until(
+            pageB,
+            "both shown",
+            async () => (await messagesOf(pageB)).at(-1)?.[3] === "bob?",
+          );
+          await pageB.waitForTimeout(500); // read once shown
+          await pageB.click("#leave-room");
+          await until(pageB, "read", async () => await unreadOf(pageB, "Standup") === 0);
+          await pageB.click("#room-list button[data-room-name=Standup]");
+          await pageB.waitForSelector("#state[data-state=live]");
+        },
+      );
+
+      await t.step(
+        "across a cut socket, an edit and a reaction made meanwhile show after the reconnect",
+        async () => {
+          const seq = 5;
+          await cutSockets(pageB, true);
+          await pageB.waitForSelector("#state[data-state=reconnecting]");
+          await pageA.click(`#messages .message[data-seq="${seq}"] .edit`);
+          await pageA.fill("#send-form [name=content]", "edited while bob was cut off");
+          await pageA.click("#send-form button");
+          await pageA.click(`#messages .message[data-seq="${seq}"] .reaction[data-emoji="🎉"]`);
+          await until(
+            pageA,
+            "alice's own 🎉",
+            async () => (await reactionAt(pageA, seq, "🎉")).count === 1,
+          );
+          assert.equal((await messageAt(pageB, seq)).content, "while bob was away 3");
+          assert.equal(await pageB.getAttribute("#state", "data-state"), "reconnecting");
+          await cutSockets(pageB, false);
+          await until(
+            pageB,
+            "bob live again",
+            async () => await pageB.getAttribute("#state", "data-state") === "live",
+            20_000,
+          );
+          await until(
+            pageB,
+            "the edit after the reconnect",
+            async () => (await messageAt(pageB, seq)).content === "edited while bob was cut off",
+          );
+          await until(
+            pageB,
+            "the reaction after the reconnect",
+            async () => (await reactionAt(pageB, seq, "🎉")).count === 1,
+          );
+          assert.deepEqual(await reactionAt(pageB, seq, "🎉"), { count: 1, mine: false });
+          assert.deepEqual(await messagesOf(pageB), await messagesOf(pageA));
+          await shot(pageB, "10_bob_after_cut_with_edit");
+        },
+      );
+
       await t.step(
         "a guest sets a password; signed in with it in a second context, the same rooms, history and avatar show",
         async () => {
@@ -279,7 +491,13 @@ Deno.test({
           await pageA2.click("#sign-out");
           await pageA2.waitForSelector("#welcome:not([hidden])");
           assert.match(await pageA2.textContent("#notice") ?? "", /Signed out/);
-          assert.equal(await storedToken(pageA2), null);
+          // The page shows the welcome screen at once, and forgets the token once the server
+          // has been told.
+          await until(
+            pageA2,
+            "the token forgotten",
+            async () => await storedToken(pageA2) === null,
+          );
           await pageA.waitForTimeout(300);
           assert.equal(await pageA.getAttribute("#state", "data-state"), "live");
 

@@ -7,6 +7,7 @@ import { DEFAULT_SESSION_TTL_SECONDS, SessionKeeper } from "../server/sessions.t
 import type { Sql } from "../db/mod.ts";
 import { client, errorCode, memoryLogger, startTestEnv } from "./_helpers.ts";
 import { DEFAULT_ABUSE_LIMITS } from "../server/limits.ts";
+import { DEFAULT_CALL_SETTINGS } from "../server/ice_servers.ts";
 import { WriteLimiter } from "../server/rate_limit.ts";
 
 Deno.test("plain HTTP routes", async (t) => {
@@ -91,6 +92,7 @@ function serveApp(sql: Sql) {
     clientAddressHeader: null,
     sessions: new SessionKeeper(sql, log, DEFAULT_SESSION_TTL_SECONDS),
     idTokens: null,
+    calls: DEFAULT_CALL_SETTINGS,
   });
   app.ready();
   const ac = new AbortController();

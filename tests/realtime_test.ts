@@ -21,6 +21,7 @@ import {
   type WsClientOptions,
 } from "./_helpers.ts";
 import { DEFAULT_ABUSE_LIMITS } from "../server/limits.ts";
+import { DEFAULT_CALL_SETTINGS } from "../server/ice_servers.ts";
 import { WriteLimiter } from "../server/rate_limit.ts";
 import { SendQueue } from "../server/send_queue.ts";
 
@@ -281,10 +282,16 @@ Deno.test("a subscription cancelled during setup or before it is read leaves not
     sendQueue: new SendQueue(env.sql),
     sessions: new SessionKeeper(env.sql, log, DEFAULT_SESSION_TTL_SECONDS),
     idTokens: null,
+    calls: DEFAULT_CALL_SETTINGS,
     userAgent: null,
     transport: "ws" as const,
     address: "127.0.0.1",
-    connection: { key: "ws:test", subscriptions: 0, callsInFlight: 0 },
+    connection: {
+      key: "ws:test",
+      subscriptions: 0,
+      callsInFlight: 0,
+      closed: new AbortController().signal,
+    },
     caller: { user: () => Promise.resolve(alice.user) },
     tokenHash: hashToken(alice.token),
   };

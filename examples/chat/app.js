@@ -1,5 +1,6 @@
-// A minimal chat page on parley's client: sign up or sign in, pick or create a room, chat;
-// set a password (to sign in on other devices), change the avatar, sign out.
+// A minimal chat page on parley's client: sign up or sign in, pick or create a room (with its
+// unread count), chat: who is online and who is typing, edit and delete one's own messages,
+// react with emoji; set a password (to sign in on other devices), change the avatar, sign out.
 // The API URL comes from ?api=... (default http://localhost:8000).
 import {
   createParleyClient,
@@ -19,15 +20,21 @@ const roomKey = (user) => `parley-room:${api}:${user.id}`;
 const PROFILE_REFRESH_MS = 5000;
 const SESSION_ENDED = "Your session ended (it expired, or was signed out on another device). " +
   "Sign in again.";
+// How often the room list's unread counts are read again while it is shown.
+const UNREAD_REFRESH_MS = 3000;
+// The emoji offered under each message (any other one a member used shows too).
+const EMOJI = ["👍", "❤️", "😂", "🎉"];
 const $ = (selector) => document.querySelector(selector);
 
 // The sockets the client opened, so a test (or you, in DevTools) can cut the connection:
 // parleyDebug.sockets.forEach((socket) => socket.close())
+// With parleyDebug.offline = true, new sockets fail to connect (the network is down) until it
+// is set back to false.
 const sockets = [];
-globalThis.parleyDebug = { sockets };
+globalThis.parleyDebug = { sockets, offline: false };
 class TrackedWebSocket extends WebSocket {
-  constructor(...args) {
-    super(...args);
+  constructor(url, protocols) {
+    super(globalThis.parleyDebug.offline ? "ws://127.0.0.1:9/offline" : url, protocols);
     sockets.push(this);
   }
 }
@@ -42,6 +49,12 @@ const parley = createParleyClient({
 /** The signed-in user as last read, or null on the welcome screen. */
 let me = null;
 let watching = null;
+/** The open room's state as watchRoom last reported it. */
+let roomState = "idle";
+/** The id of the message being edited in the send form, or null. */
+let editing = null;
+let markReadTimer = null;
+let unreadTimer = null;
 
 // The one place a session that ends is handled: whichever call or subscription noticed it,
 // this runs once, and nothing retries until someone signs in again.
@@ -114,34 +127,154 @@ document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "visible") void refreshMe();
 });
 
-function renderMessages(messages) {
-  const list = $("#messages");
-  list.replaceChildren(...messages.map((message) => {
-    const item = document.createElement("li");
-    item.className = "message";
-    item.dataset.seq = String(message.seq);
-    const body = document.createElement("div");
-    const author = document.createElement("span");
-    author.className = "author";
-    author.textContent = message.username ?? "deleted user";
-    const content = document.createElement("span");
-    content.className = "content";
-    content.textContent = message.content;
-    body.append(author, content);
-    item.append(avatar(message.avatarUrl, author.textContent), body);
-    return item;
-  }));
-  list.lastElementChild?.scrollIntoView();
+function button(text, className, onclick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = className;
+  b.textContent = text;
+  b.onclick = onclick;
+  return b;
 }
 
-function stopWatching() {
+/**
+ * One message: author, content (or "message deleted"), "(edited)", edit and delete buttons on
+ * one's own, and reactions: the usual emoji and any other used, each with its count, pressed
+ * when it is one's own (a click toggles it).
+ */
+function renderMessage(message) {
+  const item = document.createElement("li");
+  item.className = message.deletedAt ? "message deleted" : "message";
+  item.dataset.seq = String(message.seq);
+  item.dataset.id = message.id;
+  const body = document.createElement("div");
+  const author = document.createElement("span");
+  author.className = "author";
+  author.textContent = message.username ?? "deleted user";
+  const content = document.createElement("span");
+  content.className = "content";
+  content.textContent = message.content;
+  body.append(author, content);
+  if (message.deletedAt || message.editedAt) {
+    const note = document.createElement("span");
+    note.className = "note";
+    note.textContent = message.deletedAt ? "message deleted" : "(edited)";
+    body.append(note);
+  }
+  if (!message.deletedAt) {
+    if (me && message.userId === me.id) {
+      const actions = document.createElement("div");
+      actions.className = "actions";
+      actions.append(
+        button("Edit", "edit", () => startEditing(message)),
+        button("Delete", "delete", () => void watching?.delete(message.id).catch(showError)),
+      );
+      body.append(actions);
+    }
+    const reactions = document.createElement("div");
+    reactions.className = "reactions";
+    const used = message.reactions.map((r) => r.emoji);
+    for (const emoji of [...EMOJI, ...used.filter((e) => !EMOJI.includes(e))]) {
+      const reaction = message.reactions.find((r) => r.emoji === emoji);
+      const b = button(emoji, "reaction", () => {
+        void watching?.react(message.id, emoji).catch(showError);
+      });
+      b.dataset.emoji = emoji;
+      b.setAttribute("aria-pressed", String(reaction?.mine ?? false));
+      if (reaction) {
+        b.classList.add("used");
+        const count = document.createElement("span");
+        count.className = "count";
+        count.textContent = ` ${reaction.count}`;
+        b.append(count);
+      }
+      reactions.append(b);
+    }
+    body.append(reactions);
+  }
+  item.append(avatar(message.avatarUrl, author.textContent), body);
+  return item;
+}
+
+function renderMessages(messages) {
+  const list = $("#messages");
+  list.replaceChildren(...messages.map(renderMessage));
+  list.lastElementChild?.scrollIntoView();
+  markReadSoon();
+}
+
+/** The members online in the room, each with a green dot. */
+function renderOnline(online) {
+  $("#online").replaceChildren(...online.map((member) => {
+    const item = document.createElement("li");
+    item.className = "member";
+    item.dataset.username = member.username;
+    const dot = document.createElement("span");
+    dot.className = "dot";
+    dot.title = "online";
+    item.append(dot, member.username);
+    return item;
+  }));
+}
+
+/** "bob is typing…", "bob and carol are typing…", "4 people are typing…". */
+function renderTyping(typing) {
+  const names = typing.map((member) => member.username);
+  $("#typing").hidden = names.length === 0;
+  $("#typing").textContent = names.length === 1
+    ? `${names[0]} is typing…`
+    : names.length === 2
+    ? `${names[0]} and ${names[1]} are typing…`
+    : `${names.length} people are typing…`;
+}
+
+/** Marks the open room read shortly after new messages show, while the page is seen. */
+function markReadSoon() {
+  if (markReadTimer !== null || !watching) return;
+  markReadTimer = setTimeout(markReadNow, 300);
+}
+
+function markReadNow() {
+  clearTimeout(markReadTimer);
+  markReadTimer = null;
+  if (watching && roomState === "live" && document.visibilityState === "visible") {
+    watching.markRead().catch(() => {});
+  }
+}
+
+/** Puts one's own message in the send form to be edited. */
+function startEditing(message) {
+  editing = message.id;
+  const input = $("#send-form [name=content]");
+  input.value = message.content;
+  input.focus();
+  $("#send-form button").textContent = "Save";
+  $("#editing").hidden = false;
+}
+
+function stopEditing() {
+  editing = null;
+  $("#send-form [name=content]").value = "";
+  $("#send-form button").textContent = "Send";
+  $("#editing").hidden = true;
+}
+
+/** Stops the open room; with `read`, what it showed is marked read first. */
+function stopWatching({ read = true } = {}) {
+  if (read && markReadTimer !== null) markReadNow();
+  clearTimeout(markReadTimer);
+  markReadTimer = null;
   watching?.stop();
   watching = null;
+  roomState = "idle";
+  stopEditing();
+  renderOnline([]);
+  renderTyping([]);
 }
 
 /** Back to the welcome screen (sign in or sign up), with `notice` if given. */
 function showWelcome(notice = null) {
-  stopWatching();
+  stopWatching({ read: false }); // signing out, or the session is over
+  clearInterval(unreadTimer);
   me = null;
   setState("idle");
   showNotice(notice);
@@ -155,27 +288,61 @@ async function sessionEnded() {
   await signOut(parley).catch(() => {});
 }
 
+/** Shows each of one's rooms' unread count (`rooms.mine`) in the room list; 0 shows nothing. */
+function renderUnread(mine) {
+  for (const room of mine) {
+    const badge = $(`#room-list li[data-room-id="${room.id}"] .unread`);
+    if (!badge) continue;
+    badge.textContent = String(room.unreadCount);
+    badge.dataset.unread = String(room.unreadCount);
+    badge.hidden = room.unreadCount === 0;
+  }
+}
+
+async function refreshUnread() {
+  if ($("#rooms").hidden || parley.session !== "signed-in") return;
+  try {
+    renderUnread(await parley.trpc.rooms.mine.query());
+  } catch {
+    // A session that ended is handled by the session listener; anything else by the next try.
+  }
+}
+
 async function showRooms() {
   stopWatching();
   if (me) localStorage.removeItem(roomKey(me));
   show("rooms");
   setState("idle");
-  const { items } = await parley.trpc.rooms.list.query({ limit: 50 });
+  const [{ items }, mine] = await Promise.all([
+    parley.trpc.rooms.list.query({ limit: 50 }),
+    parley.trpc.rooms.mine.query(),
+  ]);
+  const member = new Set(mine.map((room) => room.id));
   $("#room-list").replaceChildren(...items.map((room) => {
     const item = document.createElement("li");
-    const join = document.createElement("button");
-    join.textContent = "Join";
-    join.dataset.roomName = room.name;
-    join.onclick = () => openRoom(room.id, { join: true }).catch(showError);
+    item.dataset.roomId = room.id;
+    item.dataset.roomName = room.name;
+    const open = document.createElement("button");
+    open.textContent = member.has(room.id) ? "Open" : "Join";
+    open.dataset.roomName = room.name;
+    open.onclick = () => openRoom(room.id, { join: !member.has(room.id) }).catch(showError);
     const name = document.createElement("span");
     name.className = "room-name";
     name.textContent = room.name;
-    item.append(avatar(room.thumbnailUrl, room.name), name, join);
+    const unread = document.createElement("span");
+    unread.className = "unread";
+    unread.title = "unread messages";
+    unread.hidden = true;
+    item.append(avatar(room.thumbnailUrl, room.name), name, unread, open);
     return item;
   }));
+  renderUnread(mine);
+  clearInterval(unreadTimer);
+  unreadTimer = setInterval(() => void refreshUnread(), UNREAD_REFRESH_MS);
 }
 
 async function openRoom(roomId, { join = false } = {}) {
+  clearInterval(unreadTimer);
   if (join) await parley.trpc.rooms.join.mutate({ roomId });
   const room = await parley.trpc.rooms.get.query({ roomId });
   if (me) localStorage.setItem(roomKey(me), roomId);
@@ -186,8 +353,12 @@ async function openRoom(roomId, { join = false } = {}) {
   stopWatching();
   watching = watchRoom(parley, roomId, {
     onMessages: renderMessages,
+    onPresence: renderOnline,
+    onTyping: renderTyping,
     onStateChange: (state, error) => {
+      roomState = state;
       setState(state);
+      if (state === "live") markReadSoon();
       // A session that ends is shown by the session listener, not as an error here.
       if (error && state !== "signed-out") showError(error);
     },
@@ -286,14 +457,28 @@ $("#send-form").onsubmit = async (event) => {
   event.preventDefault();
   const input = event.target.elements.content;
   const content = input.value;
+  const messageId = editing;
   input.value = "";
   try {
-    await watching.send(content);
+    if (messageId) {
+      stopEditing();
+      await watching.edit(messageId, content);
+    } else await watching.send(content);
   } catch (error) {
     input.value = content;
     showError(error);
   }
 };
+// Typing: every keystroke tells watchRoom, which sends at most one call every 2.5 s; an empty
+// box or leaving it stops. (Not while editing an old message.)
+$("#send-form [name=content]").addEventListener("input", (event) => {
+  if (!editing) watching?.setTyping(event.target.value !== "");
+});
+$("#send-form [name=content]").addEventListener("blur", () => watching?.setTyping(false));
+$("#cancel-edit").onclick = stopEditing;
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible") markReadSoon();
+});
 
 $("#load-older").onclick = () => watching?.loadOlder().catch(showError);
 $("#leave-room").onclick = () => showRooms().catch(showError);

@@ -28,7 +28,7 @@ const REPLAY_BATCH = 200;
 /**
  * The resume point of a subscriber: the last id it has (a seq, or an event id), checked
  * against the room's last one. Without `lastEventId` it starts after the last item.
- * @throws `CONFLICT` (`resyncRequired`) when `lastEventId` is not an id of this room, or more
+ * @throws `PRECONDITION_FAILED` (`resyncRequired`) when `lastEventId` is not an id of this room, or more
  * than `MAX_REPLAY` items were missed.
  */
 export function resumePoint(
