@@ -18,6 +18,8 @@ export type { AccessChange, AppRouter, SessionListener, SessionState, TokenSourc
 export { TYPING_RENEW_MS, watchRoom } from "./watch_room.ts";
 export type { RoomState, WatchRoomHandle, WatchRoomOptions } from "./watch_room.ts";
 export { exchangeIdToken, signIn, signOut, signUp } from "./auth.ts";
+export { joinCall } from "./call.ts";
+export type { CallHandle, CallParticipant, JoinCallOptions } from "./call.ts";
 export type { OpenedSession } from "./auth.ts";
 export { isUnauthorized } from "./session.ts";
 export { isRateLimited, isRetryable, retryAfterMs } from "./retry.ts";
@@ -141,7 +143,8 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
       joinNoticeLink(identity),
       session.link,
       splitLink({
-        condition: (op) => op.type === "subscription",
+        // A call's participant is its socket: calls.join, signal and leave go there too.
+        condition: (op) => op.type === "subscription" || SOCKET_CALLS.has(op.path),
         true: sockets.link,
         false: createHttpLink({
           url: `${base}/trpc`,
@@ -174,6 +177,9 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
   clientInternals.set(parley, { saveToken: options.saveToken ?? null, session });
   return parley;
 }
+
+/** The procedures that must go over the WebSocket although they are not subscriptions. */
+const SOCKET_CALLS = new Set(["calls.join", "calls.signal", "calls.leave"]);
 
 /** Passes calls on; announces each successful `rooms.join` to access listeners. */
 function joinNoticeLink(identity: Identity): TRPCLink<AppRouter> {

@@ -319,6 +319,14 @@ export function wsClient(env: { url: string }, options: WsClientOptions = {}) {
   };
 }
 
+/** A TCP port free on 127.0.0.1 right now (for servers that cannot bind port 0 themselves). */
+export function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr as Deno.NetAddr;
+  listener.close();
+  return port;
+}
+
 /** Resolves once `predicate` holds, polling; rejects with `message` after `timeoutMs`. */
 export async function waitFor(
   predicate: () => boolean,

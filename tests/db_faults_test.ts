@@ -14,6 +14,7 @@ import {
   callError,
   client,
   createTestDatabase,
+  freePort,
   needsRealPostgres,
   signUp,
   startTestEnv,
@@ -26,12 +27,6 @@ import { startTcpProxy } from "./_tcp_proxy.ts";
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** A port nothing listens on (for now). */
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr as Deno.NetAddr;
-  listener.close();
-  return port;
-}
 
 /** The test database's URL, but reached through 127.0.0.1:`port`. */
 function through(db: TestDatabase, port: number): string {

@@ -14,6 +14,7 @@ import {
   BULK_LIMITS_ENV,
   client,
   createTestDatabase,
+  freePort,
   needsRealPostgres,
   signUp,
   TEST_DATABASE_URL,
@@ -52,12 +53,6 @@ function isFile(path: string): boolean {
 }
 
 /** A port nothing listens on (for now). */
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr as Deno.NetAddr;
-  listener.close();
-  return port;
-}
 
 /** A PgBouncer process of the test's own. */
 interface PgBouncer extends AsyncDisposable {
