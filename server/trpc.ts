@@ -229,13 +229,19 @@ export const typingProcedure = sessionProcedure
     if (input.typing && userId !== null && ctx.hub.typing.absorbs(input.roomId, userId)) {
       return next({ ctx: { member: null } });
     }
-    const user = await ctx.caller.user();
+    // A session subscribed to the room here was checked when it subscribed, and loses the
+    // subscription with its access: no read. Anyone else is read in Postgres.
+    const online = userId !== null && ctx.hub.holds(ctx.tokenHash, input.roomId)
+      ? ctx.hub.presence.localMember(input.roomId, userId)
+      : null;
+    const user = online === null ? await ctx.caller.user() : null;
     await ctx.writes.consume("reactions", {
-      userId: user.id,
+      userId: userId ?? user!.id,
       connection: ctx.connection.key,
       address: ctx.address,
     });
-    const member = await memberOf(ctx.sql, { roomId: input.roomId, userId: user.id });
+    const member = online ??
+      await memberOf(ctx.sql, { roomId: input.roomId, userId: user!.id });
     return next({ ctx: { member } });
   });
 

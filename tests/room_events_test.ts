@@ -8,6 +8,7 @@ import { LOCAL_SERVER_ENV, spawnServer } from "../scripts/server_process.ts";
 import {
   BULK_LIMITS,
   BULK_LIMITS_ENV,
+  client,
   createTestDatabase,
   errorCode,
   needsRealPostgres,
@@ -517,5 +518,38 @@ Deno.test("deleting an account stores its reactions going and its memberships en
   } finally {
     watcher.stop();
     await a.close();
+  }
+});
+
+Deno.test("typing with a signed-out session is refused, even while another is subscribed", async () => {
+  await using env = await startTestEnv({ limits: BULK_LIMITS });
+  const anonymous = client(env);
+  const username = `typist_${crypto.randomUUID().slice(0, 8)}`;
+  const password = "correct horse battery";
+  const first = await anonymous.users.create.mutate({ username, password });
+  const second = await anonymous.auth.signIn.mutate({ username, password });
+  const room = await client(env, { token: first.token }).rooms.create.mutate({
+    name: "Two devices",
+  });
+  const laptop = wsClient(env, { token: first.token });
+  const phone = wsClient(env, { token: second.token });
+  const watcher = watchEvents(laptop.trpc, room.id);
+  try {
+    await waitFor(() => watcher.seen.of("presence.changed").length > 0, "the laptop is online");
+    // The phone's session subscribes too, types (no read needed), then signs out.
+    const phoneWatch = watchEvents(phone.trpc, room.id);
+    await waitFor(() => phoneWatch.seen.started, "the phone subscribed");
+    await phone.trpc.rooms.typing.mutate({ roomId: room.id, typing: true });
+    await phone.trpc.rooms.typing.mutate({ roomId: room.id, typing: false });
+    await client(env, { token: second.token }).auth.signOut.mutate();
+    await waitFor(() => phoneWatch.seen.errors.length > 0, "the phone's subscription ended");
+    assert.equal(
+      await errorCode(phone.trpc.rooms.typing.mutate({ roomId: room.id, typing: true })),
+      "UNAUTHORIZED",
+    );
+  } finally {
+    watcher.stop();
+    await laptop.close();
+    await phone.close();
   }
 });

@@ -27,6 +27,9 @@ import { Presence, type PresenceTimings } from "./presence.ts";
 import { RoomLog } from "./room_log.ts";
 import { Typing } from "./typing.ts";
 
+/** The live items about instances themselves, sent even when no other instance is known. */
+const CONTROL_ITEMS = new Set<LiveItem["k"]>(["alive", "hello", "reset", "synced", "bye"]);
+
 /** How one reconciliation query may take before the next one is scheduled anyway. */
 const RECONCILE_DEADLINE_MS = 10_000;
 
@@ -103,6 +106,8 @@ export class Hub {
   #expiryCheck: Promise<void> | null = null;
   #reconcileMs: number;
   #holders = new Map<Holder, (reason: Revocation) => void>();
+  /** `<token hash>:<room id>` → how many of the holders are that session in that room. */
+  #held = new Map<string, number>();
   #closed = false;
   #timers = new Set<ReturnType<typeof setTimeout>>();
   #reconcileFailing = false;
@@ -136,7 +141,11 @@ export class Hub {
       later,
     });
     const publish = (roomId: string, event: LiveEvent) => this.events.publish(roomId, event);
-    const announce = (item: LiveItem) => this.#broadcast.announceLive(item);
+    // Alone (no other instance heard), presence, typing and calls have nobody to tell: an
+    // instance that starts says hello and is then sent everyone's members.
+    const announce = (item: LiveItem) => {
+      if (CONTROL_ITEMS.has(item.k) || this.presence.hasPeers()) this.#broadcast.announceLive(item);
+    };
     const instanceId = crypto.randomUUID();
     this.presence = new Presence({
       instanceId,
@@ -231,7 +240,26 @@ export class Hub {
    */
   watchAccess(holder: Holder, onRevoke: (reason: Revocation) => void): () => void {
     this.#holders.set(holder, onRevoke);
-    return () => void this.#holders.delete(holder);
+    const key = `${holder.tokenHash}:${holder.roomId}`;
+    this.#held.set(key, (this.#held.get(key) ?? 0) + 1);
+    let watching = true;
+    return () => {
+      if (!watching) return;
+      watching = false;
+      this.#holders.delete(holder);
+      const left = this.#held.get(key)! - 1;
+      if (left === 0) this.#held.delete(key);
+      else this.#held.set(key, left);
+    };
+  }
+
+  /**
+   * Whether the session of `tokenHash` holds a subscription (or a call) in the room here: its
+   * access was checked when it opened and is watched since (it ends when the session or the
+   * membership does), so a call about the room with that token needs no read to trust it.
+   */
+  holds(tokenHash: string, roomId: string): boolean {
+    return this.#held.has(`${tokenHash}:${roomId}`);
   }
 
   /** Announces that a user left a room: their subscriptions to it end on every instance. */

@@ -168,6 +168,20 @@ export class Presence {
     );
   }
 
+  /**
+   * The member, when they hold a subscription to the room on this instance: their access was
+   * checked when it opened, and the hub ends it when that access goes (leave, sign-out,
+   * expiry), so a call of theirs about the room needs no read to know they are a member.
+   */
+  localMember(roomId: string, userId: string): LiveMember | null {
+    return this.#local.get(roomId)?.get(userId)?.member ?? null;
+  }
+
+  /** Whether another instance is known (heard lately): live items have someone to reach. */
+  hasPeers(): boolean {
+    return this.#remote.size > 0;
+  }
+
   /** Whether a member is online in a room on any instance. */
   isOnline(roomId: string, userId: string): boolean {
     if (this.#local.get(roomId)?.has(userId)) return true;
