@@ -213,7 +213,7 @@ export interface Endpoint {
 }
 
 /** POSTs `body` to `url`; returns the answer's text, throwing `SendError` for a non-2xx. */
-async function post(url: string, body: string, token?: string): Promise<string> {
+export async function post(url: string, body: string, token?: string): Promise<string> {
   const headers: Record<string, string> = { "content-type": "application/json" };
   if (token) headers.authorization = `Bearer ${token}`;
   const response = await fetch(url, {
@@ -228,7 +228,7 @@ async function post(url: string, body: string, token?: string): Promise<string> 
 }
 
 /** parley's WebSocket endpoint, where the first frame says who is calling. */
-function parleySocketUrl(http: string): string {
+export function parleySocketUrl(http: string): string {
   return `${http.replace(/^http/, "ws")}/trpc?connectionParams=1`;
 }
 

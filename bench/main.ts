@@ -7,7 +7,9 @@
  * - (b) the same for 1 room × 2,000 and 1,000 rooms × 2;
  * - (c) persisted sends, 32 senders over HTTP and over WebSocket, against postgres.js loops;
  * - (d) memory and connect storms of idle subscribed sockets on fresh processes;
- * - (e) a reconnect storm of 2,000 subscribers resuming with lastEventId.
+ * - (e) a reconnect storm of 2,000 subscribers resuming with lastEventId;
+ * - (f) typing (issue #12): every member of a 50-member room subscribed to rooms.onEvent and
+ *   typing; the server's CPU per typing delivery against its CPU per message delivery in (a).
  *
  * Servers are pinned to core 0 and this process (the load generator) to core 1 with taskset;
  * Postgres is not pinned, its backends' CPU is reported apart. With `--runs N` the report
@@ -37,7 +39,8 @@ interface Options extends ScenarioOptions {
 
 const USAGE = `usage: deno task bench [options]
   --runs N                 runs, reported as medians with their spread (1)
-  --only LIST              scenarios, comma-separated: ${SCENARIOS.join(",")} (all)
+  --only LIST              scenarios, comma-separated: ${SCENARIOS.join(",")} (all);
+                           typing brings fanout along (it is judged against it)
   --seconds N              10 × 50 fan-out windows, s (8)
   --shape-seconds N        1 × 2,000 and 1,000 × 2 windows, s (5)
   --send-seconds N         persisted-send windows, s (6)
@@ -46,6 +49,7 @@ const USAGE = `usage: deno task bench [options]
   --connect-concurrency N  subscribers setting up at once in the memory storms (200)
   --mem-conns LIST         idle subscribed sockets of the memory storms (5000,10000)
   --storm-rate N           messages per second during the reconnect storm (20)
+  --typing-seconds N       typing window, s (5)
   --no-pin                 do not pin processes to cores
 BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres) is where each run
 creates and drops its database.`;
@@ -64,6 +68,7 @@ function parseOptions(args: string[]): Options {
     connectConcurrency: 200,
     memoryConns: [5000, 10_000],
     stormRate: 20,
+    typingSeconds: 5,
   };
   const numbers: Record<string, [keyof ScenarioOptions | "runs", number, number]> = {
     "--runs": ["runs", 1, 9],
@@ -74,6 +79,7 @@ function parseOptions(args: string[]): Options {
     "--senders": ["senders", 1, 1000],
     "--connect-concurrency": ["connectConcurrency", 1, 10_000],
     "--storm-rate": ["stormRate", 1, 1000],
+    "--typing-seconds": ["typingSeconds", 1, 60],
   };
   const bad = (detail: string) => new Error(`${USAGE}\n\nBad argument: ${detail}`);
   for (let i = 0; i < args.length; i++) {
@@ -95,6 +101,8 @@ function parseOptions(args: string[]): Options {
       const names = value.split(",");
       const unknown = names.filter((n) => !(SCENARIOS as readonly string[]).includes(n));
       if (unknown.length) throw bad(`--only: no scenario ${unknown.join(", ")}`);
+      // Typing's target is a ratio to the message fan-out's CPU per delivery in the same run.
+      if (names.includes("typing")) names.push("fanout");
       options.only = SCENARIOS.filter((n) => names.includes(n));
     } else if (name === "--mem-conns") {
       const counts = value.split(",").map(Number);
@@ -161,6 +169,7 @@ async function runOnce(
     users: [],
     rooms: new Map(),
     bareSeqs: new Map(),
+    messageFanout: null,
   };
   const stopShared = async () => {
     for (const target of Object.values(ctx.shared)) {
@@ -241,7 +250,7 @@ async function main(): Promise<number> {
       log(`run ${i + 1} took ${results[i].seconds.toFixed(0)} s`);
     }
     const header = [
-      `parley bench (issue #10): ${options.runs} run(s) of ${options.only.join(", ")}`,
+      `parley bench (issues #10, #12): ${options.runs} run(s) of ${options.only.join(", ")}`,
       machine.pinned
         ? "servers pinned to core 0, the load generator to core 1, Postgres unpinned"
         : "nothing pinned",

@@ -5,7 +5,9 @@
  * - fan-out (10 rooms × 50 subscribers; 1 × 2,000; 1,000 × 2) against the bare server;
  * - persisted sends, 32 senders over HTTP and over WebSocket, against postgres.js loops;
  * - memory and connect storms (5,000 then 10,000 idle subscribed sockets) on fresh processes;
- * - a reconnect storm of 2,000 subscribers resuming with lastEventId under live sends.
+ * - a reconnect storm of 2,000 subscribers resuming with lastEventId under live sends;
+ * - typing (issue #12): every member of a 50-member room typing, its CPU per delivery against
+ *   the message fan-out's of the same run.
  *
  * A scenario gets everything through its `RunContext`; what it creates (rooms, processes,
  * sockets, scratch tables) it closes or hands back to the context for cleanup.
@@ -47,6 +49,14 @@ import {
 } from "./process_metrics.ts";
 import type { Figure, Goal, Notes, Section } from "./report.ts";
 import {
+  closeTyping,
+  connectTyping,
+  newTypingRoom,
+  saturateTyping,
+  verifyTyping,
+  warmUp,
+} from "./typing.ts";
+import {
   backendPids,
   type BenchRoom,
   type Ceiling,
@@ -83,6 +93,8 @@ export interface ScenarioOptions {
   memoryConns: number[];
   /** Messages per second sent during the reconnect storm. */
   stormRate: number;
+  /** The typing window, s. */
+  typingSeconds: number;
 }
 
 /** What a run shares between scenarios; one per run, nothing of it outlives the run. */
@@ -105,6 +117,8 @@ export interface RunContext {
   rooms: Map<string, BenchRoom[]>;
   /** The last seq of each room on the shared bare server, which numbers in memory. */
   bareSeqs: Map<string, number>;
+  /** parley's saturation window of the 10 × 50 fan-out in this run, once it ran (for typing). */
+  messageFanout: Saturation | null;
 }
 
 /** Members every room set draws from. */
@@ -157,8 +171,14 @@ async function roomSet(
 /** The 10 rooms of the 10 × 50 fan-out, where the persisted sends go too. */
 const FANOUT_ROOMS = { name: "fanout", count: 10, perRoom: 50 };
 
-/** The scenarios, in the order a run takes them (memory last: it wants the shared servers gone). */
-export const SCENARIOS = ["fanout", "big", "small", "sends", "storm", "memory"] as const;
+/** The one room of the typing scenario: every one of its 50 members subscribes and types. */
+const TYPING_ROOM = { name: "typing", count: 1, perRoom: 50 };
+
+/**
+ * The scenarios, in the order a run takes them (typing right after the fan-out it is compared
+ * with; memory last: it wants the shared servers gone).
+ */
+export const SCENARIOS = ["fanout", "typing", "big", "small", "sends", "storm", "memory"] as const;
 
 /** A scenario's name, also its section's key in the report. */
 export type ScenarioName = typeof SCENARIOS[number];
@@ -191,6 +211,8 @@ export function runScenario(ctx: RunContext, name: ScenarioName): Promise<Sectio
         subs: 2,
         paced: false,
       });
+    case "typing":
+      return typing(ctx);
     case "sends":
       return sends(ctx);
     case "storm":
@@ -326,6 +348,7 @@ async function fanout(ctx: RunContext, shape: FanoutShape): Promise<Section> {
       }
     }
   }
+  if (shape.key === "fanout") ctx.messageFanout = runs.parley.sat;
   return { key: shape.key, title: shape.title, figures: fanoutFigures(runs, shape.paced) };
 }
 
@@ -859,5 +882,131 @@ async function storm(ctx: RunContext): Promise<Section> {
     };
   } finally {
     await closeAll(fleet);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (f) Typing
+
+/**
+ * Issue #12: every member of a 50-member room subscribed to `rooms.onEvent` and typing. Each
+ * member toggles `rooms.typing` over HTTP (as the fan-out's senders send, see `typing.ts`)
+ * as fast as its answers come, the room keeping at most `--window` changes undelivered, as the
+ * fan-out's saturation window does; every call changes the set of typists, so every call is
+ * one `typing.changed` to each of the 50 subscribers.
+ *
+ * Judged: the server's CPU per typing delivery ≤ its CPU per message delivery in the 10 × 50
+ * fan-out (a) of the same run, on the same process. Both are the server process's CPU time
+ * over a saturation window (from /proc) divided by the frames subscribers received in it, and
+ * both include the calls that caused them: here the `rooms.typing` calls (HTTP, the token's
+ * session read, the rate check, the membership read, the NOTIFY to other instances) as there
+ * the `messages.send` calls (HTTP, the commit, the NOTIFY). Subscribers per room are the same
+ * (50); (a) has 10 such rooms, typing the one the issue names.
+ */
+async function typing(ctx: RunContext): Promise<Section> {
+  const parley = await sharedTarget(ctx, "parley");
+  const [room] = await roomSet(ctx, parley, TYPING_ROOM);
+  const seconds = ctx.options.typingSeconds;
+  const load = newTypingRoom(parley.endpoint.http, room.id, room.tokens, {
+    label: "parley typing",
+    notes: ctx.notes,
+    window: ctx.options.window,
+  });
+  try {
+    const connect = await connectTyping(load, CONNECT_CONCURRENCY);
+    ctx.log(`${load.label}: ${connect.connected} subscribers in ${Math.round(connect.ms)} ms`);
+    await warmUp(load, 10_000);
+    const sat = await saturateTyping(load, { seconds }, targetMeter(ctx, parley, load.label));
+    ctx.log(
+      `${load.label}: ${Math.round(sat.deliveriesPerSec)} typing deliveries/s, ` +
+        `${Math.round(sat.callsPerSec)} changes/s, ${sat.typistsPerFrame.toFixed(1)} typists ` +
+        `a frame, server core ${pct(sat.cpu, sat.cpu.serverUs).toFixed(0)}%, ` +
+        `load generator core ${pct(sat.cpu, sat.cpu.loadgenUs).toFixed(0)}%`,
+    );
+    const delivery = verifyTyping(load);
+    const m = ctx.messageFanout;
+    if (!m) {
+      ctx.notes.add("typing", "no message fan-out (a) in this run to compare with: run fanout");
+    }
+    const perMessage = (us: (cpu: CpuUsage) => number) => m ? us(m.cpu) / m.deliveries : null;
+    const perTyping = (us: number) => us / sat.deliveries;
+    const calls = sat.callsPerSec * sat.cpu.seconds;
+    const figures: Figure[] = [
+      {
+        label: "deliveries/s at saturation, typing ÷ message (a)",
+        parley: sat.deliveriesPerSec,
+        ceiling: m?.deliveriesPerSec ?? null,
+      },
+      {
+        label: "typing changes/s ÷ messages sent/s (a)",
+        parley: sat.callsPerSec,
+        ceiling: m?.sendsPerSec ?? null,
+      },
+      {
+        label: "server CPU µs per delivery, typing ÷ message (a)",
+        parley: perTyping(sat.cpu.serverUs),
+        ceiling: perMessage((cpu) => cpu.serverUs),
+        digits: 2,
+        goal: { on: "ratio", op: "<=", value: 1.0 },
+      },
+      {
+        label: "Postgres CPU µs per delivery, typing ÷ message (a)",
+        parley: perTyping(sat.cpu.postgresUs),
+        ceiling: perMessage((cpu) => cpu.postgresUs),
+        digits: 2,
+      },
+      {
+        label: "server CPU µs per typing call ÷ per message sent (a)",
+        parley: sat.cpu.serverUs / calls,
+        ceiling: m ? m.cpu.serverUs / (m.sendsPerSec * m.cpu.seconds) : null,
+      },
+      ...usageFigures(sat.cpu, m?.cpu ?? null),
+      {
+        label: "bytes per delivered frame, typing ÷ message (a)",
+        parley: sat.bytesPerFrame,
+        ceiling: m?.bytesPerFrame ?? null,
+      },
+      {
+        label: "typists listed per typing.changed, mean",
+        parley: sat.typistsPerFrame,
+        ceiling: null,
+        digits: 1,
+      },
+      {
+        label: "subscribers connected and subscribed in, ms",
+        parley: connect.ms,
+        ceiling: null,
+      },
+      check(
+        "typing.changed delivered ÷ expected",
+        {
+          parley: delivery.expected ? delivery.delivered / delivery.expected : NaN,
+          ceiling: null,
+        },
+        { op: "=", value: 1 },
+        4,
+      ),
+      check("subscribers whose last typing.changed lists someone", {
+        parley: delivery.staleLast,
+        ceiling: null,
+      }, { op: "=", value: 0 }),
+      check("error frames + closed subscribers + failed calls", {
+        parley: delivery.errors + delivery.closed + connect.failed + load.failedCalls,
+        ceiling: null,
+      }, { op: "=", value: 0 }),
+      {
+        label: "presence.changed frames in the window (charged to typing)",
+        parley: sat.presenceFrames,
+        ceiling: null,
+      },
+    ];
+    return {
+      key: "typing",
+      title: `(f) typing: 1 room × ${connect.connected} members on rooms.onEvent, every one ` +
+        `toggling rooms.typing over HTTP, ${seconds} s; beside: message fan-out (a) of this run`,
+      figures,
+    };
+  } finally {
+    await closeTyping(load);
   }
 }

@@ -53,6 +53,9 @@ const PARLEY_ENV: Readonly<Record<string, string>> = {
   RATE_LIMIT_JOINS: "off",
   RATE_LIMIT_CREATES: "off",
   RATE_LIMIT_SIGNUPS: "off",
+  RATE_LIMIT_SIGN_INS: "off",
+  // rooms.typing and messages.react: the typing scenario calls as fast as it is answered.
+  RATE_LIMIT_REACTIONS: "off",
   RATE_LIMIT_CONNECTION_WRITES: "off",
   MAX_CONNECTIONS_PER_ADDRESS: "100000",
   MAX_CONNECTIONS: "100000",
