@@ -12,7 +12,8 @@ import type { AccountSettings } from "./config.ts";
 import { createIdTokenVerifier } from "./id_token.ts";
 import { preparePasswordChecks } from "./password.ts";
 import { type Broadcast, LocalBroadcast, PostgresBroadcast } from "./realtime/broadcast.ts";
-import { dataFrameSuffix } from "./realtime/direct_stream.ts";
+import { dataFrameSuffix, liveListSuffix } from "./realtime/direct_stream.ts";
+import type { RoomEvent } from "../db/events.ts";
 import { Hub, type HubTimings } from "./realtime/hub.ts";
 import { appRouter } from "./router.ts";
 import { type AbuseLimits, DEFAULT_ABUSE_LIMITS } from "./limits.ts";
@@ -252,7 +253,16 @@ export function createHub(
   const { serialize } = appRouter._def._config.transformer.output;
   return new Hub(options.sql, options.log, {
     broadcast,
-    encode: (value, id) => dataFrameSuffix(serialize, String(id), value),
+    encode(value, id) {
+      const event = value as RoomEvent;
+      if (event.type === "presence.changed") {
+        return liveListSuffix(String(id), event.type, "online", event.online);
+      }
+      if (event.type === "typing.changed") {
+        return liveListSuffix(String(id), event.type, "typing", event.typing);
+      }
+      return dataFrameSuffix(serialize, String(id), value);
+    },
     checkHolders: (holders) => checkHolders(options.sql, sessions, holders),
     reconcileMs: options.hubTimings?.reconcileMs,
   });

@@ -73,28 +73,53 @@ export const messagesRouter = router({
       }
     }),
 
+  /**
+   * A page of the room's messages, oldest first: the latest `limit`, those before `beforeSeq`
+   * (paging back) or after `afterSeq` (catching up), at most `MAX_PAGE_CONTENT_BYTES` of
+   * content. `cursor` is `beforeSeq` under the name tRPC's infinite queries use (`null` or
+   * absent: the latest page), and `nextCursor` is `nextBeforeSeq`, so
+   * `infiniteQueryOptions({ roomId }, { getNextPageParam: (page) => page.nextCursor })` pages
+   * back through the history (each page older than the one before).
+   * @throws `BAD_REQUEST` for `beforeSeq` with `afterSeq`, or `cursor` (even `null`) with either.
+   */
   list: memberProcedure
     .input(
-      z.object({ limit, beforeSeq: seq.optional(), afterSeq: seq.optional() })
+      z.object({
+        limit,
+        beforeSeq: seq.optional(),
+        afterSeq: seq.optional(),
+        cursor: seq.nullish(),
+      })
         .refine(
           (input) => input.beforeSeq === undefined || input.afterSeq === undefined,
           "Pass beforeSeq or afterSeq, not both",
+        )
+        .refine(
+          (input) =>
+            input.cursor === undefined ||
+            (input.beforeSeq === undefined && input.afterSeq === undefined),
+          "Pass cursor (tRPC's name for beforeSeq) alone, not with beforeSeq or afterSeq",
         ),
     )
     .query(async ({ ctx, input }) => {
-      const fetched = await listMessages(ctx.sql, input.roomId, input, ctx.user.id);
+      const options = {
+        limit: input.limit,
+        beforeSeq: input.beforeSeq ?? input.cursor ?? undefined,
+        afterSeq: input.afterSeq,
+      };
+      const fetched = await listMessages(ctx.sql, input.roomId, options, ctx.user.id);
       // A page holds at most MAX_PAGE_CONTENT_BYTES of content: cut at the far end from where
       // it was asked (the oldest for a page back, the newest for a page forward).
-      const forward = input.afterSeq !== undefined;
+      const forward = options.afterSeq !== undefined;
       const items = withinBudget(forward ? fetched : fetched.toReversed());
       if (!forward) items.reverse();
       const cut = items.length < fetched.length;
       // seq is gap-free from 1, so older messages exist exactly when the page starts above 1.
       const nextBeforeSeq = items.length > 0 && items[0].seq > 1 ? items[0].seq : null;
-      const nextAfterSeq = forward && items.length > 0 && (cut || items.length === input.limit)
+      const nextAfterSeq = forward && items.length > 0 && (cut || items.length === options.limit)
         ? items[items.length - 1].seq
         : null;
-      return { items, nextBeforeSeq, nextAfterSeq };
+      return { items, nextBeforeSeq, nextAfterSeq, nextCursor: nextBeforeSeq };
     }),
 
   /**

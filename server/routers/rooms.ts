@@ -35,22 +35,21 @@ const roomInput = z.object({ roomId: id });
 const liveKeys = new WeakMap<RoomEvent, string>();
 
 /**
- * A subscriber's filter of live events: a presence or typing event that lists the same members
- * as the last one of its type it got is dropped. (A change coalesced over a window can reach a new
- * subscriber after its snapshot already showed it.)
+ * A subscriber's filter of live events: a presence event that lists the same members as the
+ * last one it got is dropped. (A change coalesced over a window can reach a new subscriber
+ * after its snapshot already showed it; typing changes are not coalesced, so none repeats.)
  */
 function withoutRepeats(): (event: RoomEvent) => boolean {
-  const last = new Map<string, string>();
+  let last: string | null = null;
   return (event) => {
-    if (event.type !== "presence.changed" && event.type !== "typing.changed") return true;
+    if (event.type !== "presence.changed") return true;
     let key = liveKeys.get(event);
     if (key === undefined) {
-      const members = event.type === "presence.changed" ? event.online : event.typing;
-      key = members.map((member) => member.userId).join(",");
+      key = event.online.map((member) => member.userId).join(",");
       liveKeys.set(event, key);
     }
-    if (last.get(event.type) === key) return false;
-    last.set(event.type, key);
+    if (last === key) return false;
+    last = key;
     return true;
   };
 }
