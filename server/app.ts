@@ -1,7 +1,8 @@
 /**
  * The HTTP front door: request size limits, the origin policy and CORS on every response,
- * `/health`, tRPC at `/trpc` (HTTP through the fetch adapter, WebSocket upgrades through
- * `ws.ts` after the handshake and connection caps are checked) and JSON 404s.
+ * `/health`, `/metrics` (see metrics.ts), tRPC at `/trpc` (HTTP through the fetch adapter,
+ * WebSocket upgrades through `ws.ts` after the handshake and connection caps are checked) and
+ * JSON 404s.
  */
 import type { TRPCError } from "@trpc/server";
 import superjson from "superjson";
@@ -23,6 +24,7 @@ import { checkHandshake, isUpgrade } from "./realtime/handshake.ts";
 import { appRouter } from "./router.ts";
 import { handleTrpcHttp } from "./trpc_http.ts";
 import type { Context } from "./context.ts";
+import type { ServerMetrics } from "./metrics.ts";
 
 /** WebSocket tuning; the defaults (`KEEP_ALIVE`, `DEFAULT_LIMITS`) suit production, tests shorten them. */
 export interface SocketOptions {
@@ -34,6 +36,8 @@ export interface SocketOptions {
 export interface AppDeps extends Omit<ContextDeps, "sendQueue"> {
   /** The header a trusted proxy puts the client address in, or null (see client_address.ts). */
   clientAddressHeader: string | null;
+  /** Serves `/metrics` and counts there; null or absent: `/metrics` is off (404). */
+  metrics?: ServerMetrics | null;
 }
 
 /** The request handler and the WebSocket connections it holds. */
@@ -79,9 +83,13 @@ export function createApp(appDeps: AppDeps, options: SocketOptions = {}): App {
         address,
         closed,
       }),
-    onError: (error, path) => logFailure(deps, error, `tRPC (WebSocket) ${path ?? "(no path)"}`),
+    onError: (error, path) => {
+      deps.metrics?.failed(error.code, path);
+      logFailure(deps, error, `tRPC (WebSocket) ${path ?? "(no path)"}`);
+    },
   });
   const sockets = connections.connections;
+  deps.metrics?.watch({ sockets, sendQueue: deps.sendQueue });
 
   function acceptSocket(req: Request, address: string, origin: string | null): Response {
     const opened = performance.now();
@@ -136,7 +144,11 @@ export function createApp(appDeps: AppDeps, options: SocketOptions = {}): App {
     const trpcShaped = isTrpc && req.method !== "OPTIONS";
     const fail = (status: number, code: string, message: string, headers = {}) =>
       errorResponse({ status, code, message, trpc: trpcShaped, headers });
-    if (draining || starting) {
+    // Metrics are served while starting and draining too: they tell what is going on.
+    const metrics = url.pathname === "/metrics" && (req.method === "GET" || req.method === "HEAD")
+      ? deps.metrics ?? null
+      : null;
+    if ((draining || starting) && !metrics) {
       if (req.method === "OPTIONS" && decision.allowed) {
         return new Response(null, { status: 204, headers: PREFLIGHT_HEADERS });
       }
@@ -162,6 +174,7 @@ export function createApp(appDeps: AppDeps, options: SocketOptions = {}): App {
       });
       return fail(403, "FORBIDDEN", `Origin not allowed: ${origin}`);
     }
+    if (metrics) return await metrics.respond(req);
     const address = clientAddress(req.headers, info?.remoteAddr, deps.clientAddressHeader);
     if (wantsSocket) {
       if (url.pathname !== "/trpc") {
@@ -171,6 +184,7 @@ export function createApp(appDeps: AppDeps, options: SocketOptions = {}): App {
       if (refusal) return fail(refusal.status, "BAD_REQUEST", refusal.message, refusal.headers);
       const retry = { "retry-after": String(CONNECTION_RETRY_SECONDS) };
       if (sockets.size >= deps.limits.connections) {
+        if (deps.metrics) deps.metrics.front.refused.instance_limit++;
         deps.log.warn("WebSocket refused: this instance is at its connection limit", { address });
         return fail(
           503,
@@ -180,6 +194,7 @@ export function createApp(appDeps: AppDeps, options: SocketOptions = {}): App {
         );
       }
       if ((perAddress.get(address) ?? 0) >= deps.limits.connectionsPerAddress) {
+        if (deps.metrics) deps.metrics.front.refused.address_limit++;
         deps.log.warn("WebSocket refused: too many connections from one address", { address });
         return fail(
           429,
@@ -307,7 +322,10 @@ async function handleTrpc(
   return await handleTrpcHttp(req, body, {
     deps,
     address,
-    onError: (error, path) => logFailure(deps, error, `tRPC ${path ?? "(unknown path)"}`),
+    onError: (error, path) => {
+      deps.metrics?.failed(error.code, path);
+      logFailure(deps, error, `tRPC ${path ?? "(unknown path)"}`);
+    },
   });
 }
 

@@ -3,6 +3,7 @@ import type { IdTokenSettings } from "./id_token.ts";
 import { createOriginPolicy, type OriginPolicy } from "./origin.ts";
 import { DEFAULT_SESSION_TTL_SECONDS } from "./sessions.ts";
 import { type CallSettings, DEFAULT_CALL_SETTINGS } from "./ice_servers.ts";
+import type { MetricsSettings } from "./metrics.ts";
 
 /** Server configuration, parsed and validated once at startup. */
 export interface Config {
@@ -33,6 +34,11 @@ export interface Config {
   accounts: AccountSettings;
   /** Calls: ICE servers and the size of a call (`STUN_URLS`, `TURN_*`, `CALL_MAX_PARTICIPANTS`). */
   calls: CallSettings;
+  /**
+   * `/metrics` (`METRICS_TOKEN`): with a token, served to holders of it; without, served
+   * outside production only.
+   */
+  metrics: MetricsSettings;
   /** Lines to print at startup about defaults that were applied. */
   warnings: string[];
 }
@@ -141,6 +147,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
 
   const accounts = parseAccounts(env, problems, warnings, production);
   const calls = parseCalls(env, problems);
+  const metrics = parseMetrics(env, problems, warnings, production);
 
   if (problems.length > 0 || !origins) throw new ConfigError(problems);
   return {
@@ -156,8 +163,38 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     clientAddressHeader,
     accounts,
     calls,
+    metrics,
     warnings,
   };
+}
+
+/** Shortest `METRICS_TOKEN`, in characters. */
+const MIN_METRICS_TOKEN_CHARS = 16;
+
+/**
+ * Reads `METRICS_TOKEN`: when set, `/metrics` needs `Authorization: Bearer <token>`; when
+ * unset, `/metrics` is off in production (404) and open elsewhere.
+ */
+function parseMetrics(
+  env: Record<string, string | undefined>,
+  problems: string[],
+  warnings: string[],
+  production: boolean,
+): MetricsSettings {
+  const token = env.METRICS_TOKEN?.trim() || null;
+  if (token !== null) {
+    if (!/^[\x21-\x7e]+$/.test(token)) {
+      problems.push(
+        "METRICS_TOKEN must be printable ASCII without spaces: it is sent in a header",
+      );
+    } else if (token.length < MIN_METRICS_TOKEN_CHARS) {
+      // Refused in production, tolerated (with a warning) in development and tests.
+      const short = `METRICS_TOKEN must be at least ${MIN_METRICS_TOKEN_CHARS} characters`;
+      if (production) problems.push(short);
+      else warnings.push(`${short}: a shorter one is accepted outside production only`);
+    }
+  }
+  return { token, enabled: token !== null || !production };
 }
 
 /** Longest `TURN_TTL`, in seconds: a week. */

@@ -41,6 +41,16 @@ const WHAT: Record<WriteKind, string> = {
 
 /** The per-instance write limiter. */
 export class WriteLimiter {
+  /** Writes refused by a rate, by kind (for the metrics, `server/metrics.ts`). */
+  readonly limited: Record<WriteKind, number> = {
+    sends: 0,
+    joins: 0,
+    creates: 0,
+    signups: 0,
+    signIns: 0,
+    reactions: 0,
+    signals: 0,
+  };
   #kinds = new Map<WriteKind, RateLimiterMemory>();
   #connection: RateLimiterMemory | null;
 
@@ -66,6 +76,7 @@ export class WriteLimiter {
       if (keys.connection !== null) await this.#connection?.consume(keys.connection);
     } catch (rejection) {
       if (!(rejection instanceof RateLimiterRes)) throw rejection;
+      this.limited[kind]++;
       throw rateLimited(what, rejection.msBeforeNext);
     }
   }

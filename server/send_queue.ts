@@ -39,11 +39,25 @@ interface Lane {
   idleSince: number;
 }
 
+/** How sends ended, counted for the metrics (`server/metrics.ts`). */
+export interface SendCounts {
+  /** Stored a new message. */
+  committed: number;
+  /** Found the message a previous send with its clientMessageId stored (a retry). */
+  duplicate: number;
+  /** Refused by the statement: a bad token, an unknown room, not a member, a reused id. */
+  refused: number;
+  /** Failed: the database was unavailable or the call's deadline passed. */
+  failed: number;
+}
+
 /** How long after a statement a room counts as busy, in milliseconds (see `send`). */
 const HOT_MS = 5;
 
 /** Sends messages, batching concurrent sends to one room into one statement. */
 export class SendQueue {
+  /** How sends ended (see `SendCounts`). */
+  readonly counts: SendCounts = { committed: 0, duplicate: 0, refused: 0, failed: 0 };
   #sql: Sql;
   #lanes = new Map<string, Lane>();
 
@@ -58,22 +72,34 @@ export class SendQueue {
    * its real outcome (cancelled, or committed just before).
    */
   send(input: SendInput, signal: AbortSignal): Promise<SendResult> {
-    if (signal.aborted) return Promise.reject(databaseUnavailable());
+    if (signal.aborted) {
+      this.counts.failed++;
+      return Promise.reject(databaseUnavailable());
+    }
     let lane = this.#lanes.get(input.roomId);
     if (!lane) {
       this.#lanes.set(input.roomId, lane = { queue: [], running: false, idleSince: -Infinity });
     }
     const current = lane;
     const { promise, resolve, reject } = Promise.withResolvers<SendResult>();
+    const counts = this.counts;
     const pending: PendingSend = {
       input,
       signal,
-      resolve,
-      reject,
+      resolve(result) {
+        if (result.status === "created") counts.committed++;
+        else if (result.status === "duplicate") counts.duplicate++;
+        else counts.refused++;
+        resolve(result);
+      },
+      reject(error) {
+        counts.failed++;
+        reject(error);
+      },
       onAbort() {
         const at = current.queue.indexOf(pending);
         if (at >= 0) current.queue.splice(at, 1);
-        reject(databaseUnavailable());
+        pending.reject(databaseUnavailable());
       },
     };
     signal.addEventListener("abort", pending.onAbort, { once: true });
@@ -93,6 +119,20 @@ export class SendQueue {
   /** Rooms with sends running or waiting (for tests and metrics). */
   get size(): number {
     return this.#lanes.size;
+  }
+
+  /**
+   * Send statements running (each holds a pool connection) and sends waiting for their room's
+   * turn, for the metrics: one pass over the rooms with sends.
+   */
+  inFlight(): { statements: number; waiting: number } {
+    let statements = 0;
+    let waiting = 0;
+    for (const lane of this.#lanes.values()) {
+      if (lane.running) statements++;
+      waiting += lane.queue.length;
+    }
+    return { statements, waiting };
   }
 
   async #pump(roomId: string, lane: Lane): Promise<void> {

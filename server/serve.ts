@@ -19,6 +19,7 @@ import { appRouter } from "./router.ts";
 import { type AbuseLimits, DEFAULT_ABUSE_LIMITS } from "./limits.ts";
 import { type CallSettings, DEFAULT_CALL_SETTINGS } from "./ice_servers.ts";
 import type { Logger } from "./log.ts";
+import { DEFAULT_METRICS_SETTINGS, type MetricsSettings, ServerMetrics } from "./metrics.ts";
 import type { OriginPolicy } from "./origin.ts";
 import { WriteLimiter } from "./rate_limit.ts";
 import { DEFAULT_SESSION_TTL_SECONDS, SessionKeeper } from "./sessions.ts";
@@ -50,6 +51,8 @@ export interface ServeOptions {
   accounts?: Partial<AccountSettings>;
   /** ICE servers and the size of a call (default: `DEFAULT_CALL_SETTINGS`). */
   calls?: Partial<CallSettings>;
+  /** `/metrics`: its token, and whether it is served (default: served, no token). */
+  metrics?: Partial<MetricsSettings>;
   /**
    * Work before the API serves calls (main.ts migrates here). A database or network outage
    * is retried with backoff; any other failure rejects `ready`.
@@ -100,6 +103,11 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
   const hub = createHub({ ...options, sessions });
   const limits = options.limits ?? DEFAULT_ABUSE_LIMITS;
   const idTokenSettings = options.accounts?.idTokens ?? null;
+  const writes = new WriteLimiter(limits);
+  // A registry of this server's own; none at all when /metrics is off.
+  const metricsSettings = { ...DEFAULT_METRICS_SETTINGS, ...options.metrics };
+  const metrics = metricsSettings.enabled ? new ServerMetrics(metricsSettings) : null;
+  metrics?.watch({ hub, writes, sql: options.sql });
   void preparePasswordChecks();
   const app = createApp({
     ...options,
@@ -107,7 +115,8 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     sessions,
     idTokens: idTokenSettings ? createIdTokenVerifier(idTokenSettings) : null,
     limits,
-    writes: new WriteLimiter(limits),
+    writes,
+    metrics,
     calls: { ...DEFAULT_CALL_SETTINGS, ...options.calls },
     clientAddressHeader: options.clientAddressHeader ?? null,
   }, options.sockets);

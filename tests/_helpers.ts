@@ -22,6 +22,7 @@ import type { AccountSettings } from "../server/config.ts";
 import type { CallSettings } from "../server/ice_servers.ts";
 import { type AbuseLimits, DEFAULT_ABUSE_LIMITS } from "../server/limits.ts";
 import type { LogFields, Logger } from "../server/log.ts";
+import type { MetricsSettings } from "../server/metrics.ts";
 import { createOriginPolicy } from "../server/origin.ts";
 import type { AppRouter } from "../server/router.ts";
 import { type RunningServer, serve } from "../server/serve.ts";
@@ -173,6 +174,8 @@ export async function startTestEnv(
     calls?: Partial<CallSettings>;
     /** Called with every statement the server's pool sends. */
     onStatement?: (query: string) => void;
+    /** `/metrics`'s token and whether it is served (defaults: served, no token). */
+    metrics?: Partial<MetricsSettings>;
   } = {},
 ): Promise<TestEnv> {
   const db = options.db ?? await createTestDatabase();
@@ -194,6 +197,7 @@ export async function startTestEnv(
     clientAddressHeader: options.clientAddressHeader ?? null,
     accounts: options.accounts,
     calls: options.calls,
+    metrics: options.metrics,
   });
   await server.ready;
   return {

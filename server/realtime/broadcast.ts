@@ -101,6 +101,11 @@ export interface Broadcast {
   announceAccess(item: string): Promise<void>;
   /** Sends what is pending and stops hearing. */
   close(): Promise<void>;
+  /**
+   * The LISTEN connection's state, for the metrics: whether it is up (see
+   * `ListeningConnection.up`) and how often it was replaced; null without one (embedded).
+   */
+  listenState(): { up: boolean; replacements: number } | null;
 }
 
 /** The embedded database: one process, nobody to tell. */
@@ -123,6 +128,10 @@ export class LocalBroadcast implements Broadcast {
   /** Nothing to close. */
   close(): Promise<void> {
     return Promise.resolve();
+  }
+  /** No LISTEN connection. */
+  listenState(): null {
+    return null;
   }
 }
 
@@ -310,6 +319,14 @@ export class PostgresBroadcast implements Broadcast {
   /** See `Broadcast.announceAccess`. */
   async announceAccess(item: string): Promise<void> {
     await notifyAll(this.#sql, ACCESS_CHANNEL, [item]);
+  }
+
+  /** See `Broadcast.listenState`: down until `start` succeeded. */
+  listenState(): { up: boolean; replacements: number } {
+    return {
+      up: this.#listening?.up ?? false,
+      replacements: this.#listening?.replacements ?? 0,
+    };
   }
 
   /** See `Broadcast.close`. */

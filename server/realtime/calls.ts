@@ -102,6 +102,15 @@ export class Calls {
     );
   }
 
+  /** Participants in calls through this instance, and its `calls.onEvent` listeners. */
+  counts(): { participants: number; listeners: number } {
+    let participants = 0;
+    let listeners = 0;
+    for (const room of this.#local.values()) participants += room.size;
+    for (const room of this.#listeners.values()) listeners += room.size;
+    return { participants, listeners };
+  }
+
   /** The participant of `connection` in a room's call, if it joined. */
   participantOf(roomId: string, connection: string): Participant | null {
     for (const local of this.#local.get(roomId)?.values() ?? []) {

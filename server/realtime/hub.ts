@@ -223,6 +223,11 @@ export class Hub {
     this.#broadcast.announceEvent(roomId, eventId);
   }
 
+  /** The LISTEN connection's state (see `Broadcast.listenState`); null without one. */
+  listenState(): { up: boolean; replacements: number } | null {
+    return this.#broadcast.listenState();
+  }
+
   /** What the hub holds: watched rooms, subscribers, access watchers. */
   stats(): { rooms: number; listeners: number; holders: number } {
     const messages = this.messages.stats();

@@ -92,11 +92,27 @@ export class ListeningConnection {
   #openFailing = false;
   #stopping = new AbortController();
   #watching: Promise<void> | null = null;
+  #up = false;
+  #replacements = 0;
 
   constructor(options: ListeningOptions) {
     this.#options = options;
     this.#heartbeatMs = options.heartbeatMs ?? HEARTBEAT_MS;
     this.#timeoutMs = options.heartbeatTimeoutMs ?? HEARTBEAT_TIMEOUT_MS;
+  }
+
+  /**
+   * True while the LISTEN connection is open and its last heartbeat was heard (or it was just
+   * opened): notifications from other instances arrive. False before `start`, after a missed
+   * heartbeat until a replacement opens, and after `close`.
+   */
+  get up(): boolean {
+    return this.#up;
+  }
+
+  /** LISTEN connections opened to replace one that missed a heartbeat (or failed to open). */
+  get replacements(): number {
+    return this.#replacements;
   }
 
   /**
@@ -115,12 +131,14 @@ export class ListeningConnection {
       this.#client = null;
       throw error;
     }
+    this.#up = true;
     this.#watching = this.#watch();
   }
 
   /** Stops the heartbeat and closes the LISTEN connection. */
   async close(): Promise<void> {
     this.#stopping.abort();
+    this.#up = false;
     this.#onHeard?.();
     await this.#watching;
     this.#client?.destroy();
@@ -215,6 +233,7 @@ export class ListeningConnection {
         continue;
       }
       this.#beatFailing = false;
+      this.#up = beat.outcome === "heard";
       if (beat.outcome === "missed") {
         log.warn(
           `LISTEN connection missed a heartbeat (not heard within ${this.#timeoutMs} ms): ` +
@@ -230,12 +249,15 @@ export class ListeningConnection {
     const { log } = this.#options;
     this.#client?.destroy();
     this.#client = null;
+    this.#up = false;
     const started = performance.now();
     try {
       const client = await this.#open();
       if (this.#stopping.signal.aborted) return client.destroy();
       this.#client = client;
       this.#openFailing = false;
+      this.#up = true;
+      this.#replacements++;
       log.info("LISTEN connection replaced", { ms: Math.round(performance.now() - started) });
     } catch (error) {
       // Logged once per outage; tried again at every heartbeat.

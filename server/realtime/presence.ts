@@ -177,6 +177,13 @@ export class Presence {
     return this.#local.get(roomId)?.get(userId)?.member ?? null;
   }
 
+  /** Members online in a room through this instance's subscriptions (a member per room). */
+  localCount(): number {
+    let members = 0;
+    for (const room of this.#local.values()) members += room.size;
+    return members;
+  }
+
   /** Whether another instance is known (heard lately): live items have someone to reach. */
   hasPeers(): boolean {
     return this.#remote.size > 0;

@@ -31,6 +31,12 @@ export class FanoutItem<T> {
   readonly value: T;
   /** True for a live-only item. */
   readonly live: boolean;
+  /**
+   * When this instance committed the item (`performance.now()`), until its first frame is
+   * written (then 0): the delivery latency's sample (see `FanoutCounts.firstFrame`). 0 for
+   * items read from Postgres, and when nobody measures.
+   */
+  committedAt = 0;
   readonly #encode: (value: T, id: number) => string;
   #suffix = "";
   #suffixId = -1;
@@ -62,6 +68,24 @@ export class FanoutItem<T> {
     }
     return this.#frame;
   }
+}
+
+/**
+ * What a log's subscribers did, counted as plain numbers on the fan-out path and read by the
+ * metrics when scraped (`server/metrics.ts`).
+ */
+export interface FanoutCounts {
+  /** Frames written to subscribers (replayed, live and live-only items alike). */
+  deliveries: number;
+  /** Subscribers that resumed with missed items all in memory. */
+  replaysFromMemory: number;
+  /** Subscribers that resumed by reading Postgres. */
+  replaysFromDatabase: number;
+  /**
+   * Told the seconds from an item's commit on this instance to its first frame, once per item;
+   * null: not measured (items are not stamped).
+   */
+  firstFrame: ((seconds: number) => void) | null;
 }
 
 /** Receives a room's items in order, each once, and its live items. */
@@ -98,6 +122,13 @@ export interface RoomLogOptions<T> {
 
 /** The watched rooms of one kind of item. */
 export class RoomLog<T> {
+  /** What its subscribers did (see `FanoutCounts`). */
+  readonly counts: FanoutCounts = {
+    deliveries: 0,
+    replaysFromMemory: 0,
+    replaysFromDatabase: 0,
+    firstFrame: null,
+  };
   readonly #options: RoomLogOptions<T>;
   #rooms = new Map<string, WatchedRoom<T>>();
 
@@ -178,8 +209,11 @@ export class RoomLog<T> {
     const room = this.#rooms.get(roomId);
     if (!room) return;
     if (room.cursor < 0) room.stale = true;
-    else if (id === room.cursor + 1) this.#dispatch(room, this.wrap(id, value));
-    else if (id > room.cursor) this.#catchUp(roomId, room);
+    else if (id === room.cursor + 1) {
+      const item = this.wrap(id, value);
+      if (this.counts.firstFrame !== null) item.committedAt = performance.now();
+      this.#dispatch(room, item);
+    } else if (id > room.cursor) this.#catchUp(roomId, room);
   }
 
   /** Another instance committed items of `roomId` up to `id` (NaN: unknown, catch up). */
@@ -239,6 +273,8 @@ export class RoomLog<T> {
     room.recent.push(item);
     if (room.recent.length > RECENT_PER_ROOM * 2) room.recent = room.recent.slice(-RECENT_PER_ROOM);
     for (const subscriber of room.subscribers) subscriber.deliver(item);
+    // Measured at its first frame in this fan-out only, not at a later replay.
+    item.committedAt = 0;
   }
 
   #catchUp(roomId: string, room: WatchedRoom<T>): void {

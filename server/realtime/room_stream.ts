@@ -199,8 +199,16 @@ export class RoomStream<T>
     } else if (this.#admit && !this.#admit(item.value)) return;
     const consumer = this.#consumer;
     if (consumer.kind === "direct") {
-      consumer.sink.write(item.frame(consumer.sink.framePrefix, this.#last));
+      if (!consumer.sink.write(item.frame(consumer.sink.framePrefix, this.#last))) return;
     } else if (consumer.kind === "iterator") consumer.inbox.push([this.#last, item.value]);
+    else return;
+    // Plain numbers: the metrics read them when scraped.
+    const counts = this.#log.counts;
+    counts.deliveries++;
+    if (item.committedAt !== 0) {
+      counts.firstFrame?.((performance.now() - item.committedAt) / 1000);
+      item.committedAt = 0;
+    }
   }
 
   /** Replays up to the log's cursor, then the queued live items, then goes live. */
@@ -208,10 +216,12 @@ export class RoomStream<T>
     const recent = this.#log.recent(this.#roomId, this.#last);
     if (recent !== null) {
       // The usual case (a new subscriber, a short absence): all in memory, no await.
+      if (recent.length > 0) this.#log.counts.replaysFromMemory++;
       for (const item of recent) this.#emit(item);
       this.#goLive();
       return;
     }
+    this.#log.counts.replaysFromDatabase++;
     this.#replayFromDatabase().then(() => this.#goLive(), (error) => this.fail(error));
   }
 

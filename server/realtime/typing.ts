@@ -48,6 +48,13 @@ export class Typing {
     return [...this.#rooms.get(roomId)?.values() ?? []].map((typist) => typist.member);
   }
 
+  /** Members typing, in every room, on any instance. */
+  count(): number {
+    let typists = 0;
+    for (const room of this.#rooms.values()) typists += room.size;
+    return typists;
+  }
+
   /** Whether a renewal of this member's typing now would be absorbed (see `set`). */
   absorbs(roomId: string, userId: string): boolean {
     const known = this.#rooms.get(roomId)?.get(userId);
