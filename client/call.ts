@@ -103,6 +103,9 @@ export interface CallHandle {
   leave(): Promise<void>;
 }
 
+/** Joins again after a reconnect this many times more before giving up (with backoff). */
+const REJOIN_ATTEMPTS = 5;
+
 /** One other participant, from this side. */
 interface Peer {
   participant: CallParticipant;
@@ -132,9 +135,8 @@ export async function joinCall<
     (globalThis as unknown as {
       RTCPeerConnection: new (configuration: PeerConfiguration) => PeerConnectionLike;
     }).RTCPeerConnection;
-  const { iceServers } = await parley.trpc.calls.iceServers.query();
   const configuration: PeerConfiguration = {
-    iceServers,
+    iceServers: [],
     iceTransportPolicy: options.iceTransportPolicy ?? "all",
   };
   const peers = new Map<string, Peer>();
@@ -191,6 +193,7 @@ export async function joinCall<
     const peer = peers.get(participantId);
     if (!peer) return;
     peers.delete(participantId);
+    receiving.delete(participantId);
     peer.pc.close();
     options.onParticipantLeft?.(peer.participant);
   }
@@ -225,12 +228,39 @@ export async function joinCall<
   /** Signals are handled one after another per peer, in the order they came. */
   const receiving = new Map<string, Promise<void>>();
 
+  /**
+   * Joins (again): fresh ICE servers (TURN credentials expire), then the participants present,
+   * with the politeness the server gives. Joins announced meanwhile are in the answer, so
+   * events are ignored until it comes (`self` is "").
+   */
   async function join(): Promise<void> {
     for (const participantId of [...peers.keys()]) disconnect(participantId);
+    self = "";
+    configuration.iceServers = (await parley.trpc.calls.iceServers.query()).iceServers;
     const joined = await parley.trpc.calls.join.mutate({ roomId });
+    if (left) {
+      // leave() came while joining: the server must not keep this participant.
+      await parley.trpc.calls.leave.mutate({ roomId }).catch(report);
+      return;
+    }
     self = joined.participantId;
     for (const { polite, ...participant } of joined.participants) connect(participant, polite);
   }
+
+  /** Joins again after a reconnect, retrying with backoff (the old seat may still be taken). */
+  async function rejoin(): Promise<void> {
+    for (let attempt = 0; !left; attempt++) {
+      try {
+        return await join();
+      } catch (error) {
+        report(error);
+        if (attempt >= REJOIN_ATTEMPTS) return;
+        await new Promise((resolve) => setTimeout(resolve, 500 * 2 ** attempt));
+      }
+    }
+  }
+
+  let joining: Promise<void> = Promise.resolve();
 
   const { promise: started, resolve: onStarted, reject: onFailed } = Promise.withResolvers<
     void
@@ -240,9 +270,10 @@ export async function joinCall<
     onStarted() {
       // After a reconnect the old participant is gone: join again, renegotiate with everyone.
       if (++starts === 1) onStarted();
-      else if (!left) join().catch(report);
+      else if (!left) joining = joining.then(rejoin);
     },
     onData(event) {
+      if (left) return;
       if (event.type === "participant.joined") {
         const { type: _type, polite, ...participant } = event;
         if (participant.participantId !== self && self !== "") connect(participant, polite);
@@ -263,7 +294,7 @@ export async function joinCall<
   });
   try {
     await started;
-    await join();
+    await (joining = join());
   } catch (error) {
     subscription.unsubscribe();
     throw error;
@@ -278,6 +309,7 @@ export async function joinCall<
     async leave() {
       if (left) return;
       left = true;
+      await joining.catch(() => {}); // a join in flight leaves by itself once it lands
       for (const participantId of [...peers.keys()]) disconnect(participantId);
       try {
         await parley.trpc.calls.leave.mutate({ roomId });

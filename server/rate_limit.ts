@@ -73,7 +73,11 @@ export class WriteLimiter {
     try {
       await kindLimiter?.consume(key);
       what = "too many writes on this connection";
-      if (keys.connection !== null) await this.#connection?.consume(keys.connection);
+      // Signals have their own rate, sized for a call: a socket's write rate (sized for chat)
+      // would cut a mesh's negotiation short.
+      if (keys.connection !== null && kind !== "signals") {
+        await this.#connection?.consume(keys.connection);
+      }
     } catch (rejection) {
       if (!(rejection instanceof RateLimiterRes)) throw rejection;
       this.limited[kind]++;

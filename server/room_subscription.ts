@@ -3,10 +3,11 @@
  * cap, the access checks and their race with a leave or a sign-out, presence, and the hand-over
  * to a `RoomStream` of the hub's log.
  */
-import { knownUserId, openRoom } from "./access.ts";
+import { knownUserId, openRoom, type RoomOpening } from "./access.ts";
 import type { Context } from "./context.ts";
 import { accessEnded, subscriptionCancelled, tooManySubscriptions } from "./errors.ts";
 import type { LiveMember } from "../db/events.ts";
+import type { Revocation } from "./realtime/hub.ts";
 import type { RoomLog } from "./realtime/room_log.ts";
 import { resumePoint, RoomStream } from "./realtime/room_stream.ts";
 
@@ -46,11 +47,13 @@ export async function openRoomSubscription<T>(
   connection.subscriptions++;
   let unwatch = () => {};
   let offline = () => {};
+  let stopped = false;
   let member: LiveMember | null = null;
   const stream = new RoomStream<T>({
     log: kind.log,
     roomId,
     onStop() {
+      stopped = true;
       connection.subscriptions--;
       unwatch();
       offline();
@@ -60,8 +63,41 @@ export async function openRoomSubscription<T>(
   });
   // The subscriber may go away during setup, or before the stream is first read.
   signal?.addEventListener("abort", () => stream.stop(), { once: true });
-  // Watch for a leave or logout before checking access, so one that commits meanwhile is
-  // never missed: during setup it only asks for a second check.
+  try {
+    const watched = await watchRoomAccess(ctx, roomId, (reason) => {
+      stream.fail(accessEnded(reason));
+    });
+    if (stopped || signal?.aborted) {
+      watched.unwatch();
+      throw subscriptionCancelled();
+    }
+    unwatch = watched.unwatch;
+    const { access } = watched;
+    const lastId = access[kind.lastId];
+    stream.resumeAfter(resumePoint(input.lastEventId, lastId, kind.what), lastId);
+    member = access.member;
+    offline = ctx.hub.presence.enter(access.member);
+  } catch (error) {
+    stream.stop();
+    throw error;
+  }
+  return stream;
+}
+
+/**
+ * Reads the caller's access to a room (session, membership) while watching it, as every open
+ * subscription and call participant does: the watch starts before the read, so a leave or
+ * sign-out that commits meanwhile is never missed (it only asks for another read), and the
+ * session's expiry is watched from then on. `onLost` runs, after the setup, when the access goes
+ * (leave, sign-out, revocation, expiry, account deletion, on any instance). Returns what was
+ * read and the function that stops watching.
+ * @throws `UNAUTHORIZED`, `NOT_FOUND`, `FORBIDDEN` as `openRoom` (nothing is left watched).
+ */
+export async function watchRoomAccess(
+  ctx: Context & { tokenHash: string },
+  roomId: string,
+  onLost: (reason: Revocation) => void,
+): Promise<{ access: RoomOpening; unwatch: () => void }> {
   const holder = {
     roomId,
     userId: knownUserId(ctx.tokenHash) ?? "",
@@ -70,9 +106,9 @@ export async function openRoomSubscription<T>(
   };
   let settingUp = true;
   let recheck = false;
-  unwatch = ctx.hub.watchAccess(holder, (reason) => {
+  const unwatch = ctx.hub.watchAccess(holder, (reason) => {
     if (settingUp) recheck = true;
-    else stream.fail(accessEnded(reason));
+    else onLost(reason);
   });
   try {
     let access = await openRoom(ctx.sql, ctx.tokenHash, roomId);
@@ -84,15 +120,11 @@ export async function openRoomSubscription<T>(
     }
     holder.expiresAt = access.expiresAt;
     settingUp = false;
+    ctx.hub.checked(holder);
     ctx.sessions.used(ctx.tokenHash);
-    if (signal?.aborted) throw subscriptionCancelled();
-    const lastId = access[kind.lastId];
-    stream.resumeAfter(resumePoint(input.lastEventId, lastId, kind.what), lastId);
-    member = access.member;
-    offline = ctx.hub.presence.enter(access.member);
+    return { access, unwatch };
   } catch (error) {
-    stream.stop();
+    unwatch();
     throw error;
   }
-  return stream;
 }

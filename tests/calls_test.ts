@@ -279,3 +279,70 @@ Deno.test({ name: TWO, ignore: needsRealPostgres(TWO) }, async () => {
     await b.close();
   }
 });
+
+Deno.test("a participant lives with its call subscription and its session, and leaks nothing", async (t) => {
+  await using env = await startTestEnv({
+    limits: BULK_LIMITS,
+    accounts: { sessionTtlSeconds: 3 },
+  });
+  const [ada, bob] = [await signUp(env), await signUp(env)];
+  const room = await ada.api.rooms.create.mutate({ name: "Lifetimes" });
+  await bob.api.rooms.join.mutate({ roomId: room.id });
+  const a = wsClient(env, { token: ada.token });
+  const b = wsClient(env, { token: bob.token });
+  const wa = watchCall(a, room.id);
+  try {
+    await waitFor(() => wa.seen.started, "ada listens");
+    const baseline = env.server.hubStats().holders;
+
+    await t.step(
+      "signals wait for a subscription opened after joining; it ends the call",
+      async () => {
+        const jb = await b.trpc.calls.join.mutate({ roomId: room.id });
+        const ja = await a.trpc.calls.join.mutate({ roomId: room.id });
+        await a.trpc.calls.signal.mutate({
+          roomId: room.id,
+          to: jb.participantId,
+          description: { type: "offer", sdp: "v=0\r\n" },
+        });
+        const wb = watchCall(b, room.id);
+        await waitFor(() => wb.of("signal").length === 1, "the early offer, once bob listens");
+        assert.equal(wb.of("signal")[0].from, ja.participantId);
+        // Ending the call subscription takes the participant out.
+        wb.stop();
+        await waitFor(() => wa.of("participant.left").length === 1, "bob out");
+        assert.equal(wa.of("participant.left")[0].participantId, jb.participantId);
+      },
+    );
+
+    await t.step("joining again over one socket watches nothing more", async () => {
+      for (let i = 0; i < 5; i++) await a.trpc.calls.join.mutate({ roomId: room.id });
+      // Ada's call subscription and her participant: one holder each.
+      assert.equal(env.server.hubStats().holders, baseline + 1);
+      await a.trpc.calls.leave.mutate({ roomId: room.id });
+      assert.equal(env.server.hubStats().holders, baseline);
+    });
+
+    await t.step("a session that expires takes its participant out of the call", async () => {
+      const wb = watchCall(b, room.id);
+      await waitFor(() => wb.seen.started, "bob listens again");
+      const before = wb.of("participant.left").length;
+      await a.trpc.calls.join.mutate({ roomId: room.id });
+      await waitFor(() => wb.of("participant.joined").length === 1, "ada in");
+      // Nothing renews ada's session: it ends within its 3 s lifetime (and a 1 s sweep). Bob's
+      // is kept alive meanwhile.
+      const keepAlive = setInterval(() => void b.trpc.users.me.query().catch(() => {}), 500);
+      try {
+        await waitFor(() => wb.of("participant.left").length > before, "ada out", 8_000);
+      } finally {
+        clearInterval(keepAlive);
+      }
+      assert.deepEqual(wb.seen.errors, []);
+      wb.stop();
+    });
+  } finally {
+    wa.stop();
+    await a.close();
+    await b.close();
+  }
+});

@@ -19,6 +19,7 @@ function instance(instanceId: string) {
     onChange: (_roomId, online) => void changes.push(online.map((m) => m.userId)),
     onOffline: (_roomId, userId) => void offline.push(userId),
     onInstanceGone: () => {},
+    onFirstPeer: () => {},
     later(ms, fn) {
       const timer = setTimeout(() => {
         timers.delete(timer);

@@ -67,9 +67,21 @@ export type JoinResult =
 export interface CallsOptions {
   /** This instance's id in live items. */
   instanceId: string;
-  /** Sends a live item to the other instances. */
-  announce(item: LiveItem): void;
+  /** Sends a live item to the other instances (`snapshot`: a whole list, see presence.ts). */
+  announce(item: LiveItem, snapshot?: boolean): void;
+  /** Runs `fn` in `ms` unless the hub closed meanwhile. */
+  later(ms: number, fn: () => void): void;
 }
+
+/**
+ * How long a participant may stay without a `calls.onEvent` listener on its connection, in
+ * milliseconds: a client that joins first and subscribes after has this long; one that never
+ * subscribes (or stops) is taken out of the call rather than holding a seat.
+ */
+export const UNHEARD_PARTICIPANT_MS = 10_000;
+
+/** Most signals kept for a participant whose listener is not open yet. */
+const MAX_PENDING_SIGNALS = 256;
 
 /** One local participant and the connection it belongs to. */
 interface Local {
@@ -77,6 +89,8 @@ interface Local {
   connection: string;
   /** Runs once when it leaves, however it leaves. */
   release: () => void;
+  /** Signals that came before the connection listened, in order. */
+  pending: Signal[];
 }
 
 /** Calls across instances. */
@@ -86,8 +100,8 @@ export class Calls {
   #local = new Map<string, Map<string, Local>>();
   /** Instance id → room id → participant id → participant. */
   #remote = new Map<string, Map<string, Map<string, Participant>>>();
-  /** Room id → connection → that connection's listener. */
-  #listeners = new Map<string, Map<string, CallListener>>();
+  /** Room id → connection → that connection's listeners (one per `calls.onEvent`). */
+  #listeners = new Map<string, Map<string, Set<CallListener>>>();
 
   constructor(options: CallsOptions) {
     this.#options = options;
@@ -107,7 +121,9 @@ export class Calls {
     let participants = 0;
     let listeners = 0;
     for (const room of this.#local.values()) participants += room.size;
-    for (const room of this.#listeners.values()) listeners += room.size;
+    for (const room of this.#listeners.values()) {
+      for (const set of room.values()) listeners += set.size;
+    }
     return { participants, listeners };
   }
 
@@ -145,9 +161,10 @@ export class Calls {
     };
     let room = this.#local.get(roomId);
     if (!room) this.#local.set(roomId, room = new Map());
-    room.set(participant.participantId, { participant, connection, release });
+    room.set(participant.participantId, { participant, connection, release, pending: [] });
     this.#announce({ k: "call.join", r: roomId, p: participant });
     this.#joined(roomId, participant);
+    if (!this.#listeners.get(roomId)?.has(connection)) this.#whenUnheard(roomId, participant);
     return { status: "joined", participant, others };
   }
 
@@ -196,12 +213,20 @@ export class Calls {
   listen(roomId: string, connection: string, listener: CallListener): () => void {
     let room = this.#listeners.get(roomId);
     if (!room) this.#listeners.set(roomId, room = new Map());
-    room.set(connection, listener);
+    let set = room.get(connection);
+    if (!set) room.set(connection, set = new Set());
+    set.add(listener);
+    // Signals that came for this connection's participant before it listened.
+    const participant = this.participantOf(roomId, connection);
+    const local = participant && this.#local.get(roomId)?.get(participant.participantId);
+    for (const signal of local?.pending.splice(0) ?? []) listener({ type: "signal", ...signal });
     return () => {
-      const current = this.#listeners.get(roomId);
-      if (current?.get(connection) !== listener) return;
-      current.delete(connection);
-      if (current.size === 0) this.#listeners.delete(roomId);
+      const current = this.#listeners.get(roomId)?.get(connection);
+      if (!current?.delete(listener) || current.size > 0) return;
+      this.#listeners.get(roomId)!.delete(connection);
+      if (this.#listeners.get(roomId)!.size === 0) this.#listeners.delete(roomId);
+      // Nobody hears this participant's signals any more: out of the call.
+      this.leave(roomId, connection);
     };
   }
 
@@ -214,7 +239,7 @@ export class Calls {
     for (const [roomId, room] of this.#local) {
       for (const { participant } of room.values()) all.push([roomId, participant]);
     }
-    this.#announce({ k: "call.sync", all });
+    this.#announce({ k: "call.sync", all }, true);
   }
 
   /** A live item about calls from another instance. */
@@ -253,6 +278,7 @@ export class Calls {
         const participant = room?.get(item.p.participantId);
         if (!participant) return;
         room!.delete(participant.participantId);
+        if (room!.size === 0) this.#remote.get(item.i)!.delete(item.r);
         return this.#left(item.r, participant);
       }
       case "call.signal":
@@ -271,31 +297,48 @@ export class Calls {
     }
   }
 
-  /** Delivers a signal when its addressee is here; false when it is not. */
+  /**
+   * Delivers a signal when its addressee is here (kept until its connection listens, if it does
+   * not yet); false when it is not here.
+   */
   #deliverSignal(roomId: string, to: string, signal: Signal): boolean {
     const local = this.#local.get(roomId)?.get(to);
     if (!local) return false;
-    this.#listeners.get(roomId)?.get(local.connection)?.({ type: "signal", ...signal });
+    const listeners = this.#listeners.get(roomId)?.get(local.connection);
+    if (listeners) { for (const listener of listeners) listener({ type: "signal", ...signal }); }
+    else if (local.pending.length < MAX_PENDING_SIGNALS) local.pending.push(signal);
     return true;
   }
 
+  /** Takes a participant out of the call unless its connection listens within the grace. */
+  #whenUnheard(roomId: string, participant: Participant): void {
+    this.#options.later(UNHEARD_PARTICIPANT_MS, () => {
+      const local = this.#local.get(roomId)?.get(participant.participantId);
+      if (local && !this.#listeners.get(roomId)?.has(local.connection)) {
+        this.leave(roomId, local.connection);
+      }
+    });
+  }
+
   #joined(roomId: string, participant: Participant): void {
-    for (const [connection, listener] of this.#listeners.get(roomId) ?? []) {
+    for (const [connection, listeners] of this.#listeners.get(roomId) ?? []) {
       const own = this.participantOf(roomId, connection);
       if (own?.participantId === participant.participantId) continue;
       const polite = own !== null && isPolite(own.participantId, participant.participantId);
-      listener({ type: "participant.joined", polite, ...participant });
+      for (const listener of listeners) {
+        listener({ type: "participant.joined", polite, ...participant });
+      }
     }
   }
 
   #left(roomId: string, participant: Participant): void {
-    for (const listener of this.#listeners.get(roomId)?.values() ?? []) {
-      listener({ type: "participant.left", ...participant });
+    for (const listeners of this.#listeners.get(roomId)?.values() ?? []) {
+      for (const listener of listeners) listener({ type: "participant.left", ...participant });
     }
   }
 
-  #announce(item: DistributiveOmit<LiveItem, "i">): void {
-    this.#options.announce({ ...item, i: this.#options.instanceId } as LiveItem);
+  #announce(item: DistributiveOmit<LiveItem, "i">, snapshot = false): void {
+    this.#options.announce({ ...item, i: this.#options.instanceId } as LiveItem, snapshot);
   }
 }
 

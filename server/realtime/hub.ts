@@ -27,8 +27,8 @@ import { Presence, type PresenceTimings } from "./presence.ts";
 import { RoomLog } from "./room_log.ts";
 import { Typing } from "./typing.ts";
 
-/** The live items about instances themselves, sent even when no other instance is known. */
-const CONTROL_ITEMS = new Set<LiveItem["k"]>(["alive", "hello", "reset", "synced", "bye"]);
+/** The live items that tell a change, left out while no other instance is known. */
+const CHANGES = new Set<LiveItem["k"]>(["presence", "typing", "call.join", "call.leave"]);
 
 /** How one reconciliation query may take before the next one is scheduled anyway. */
 const RECONCILE_DEADLINE_MS = 10_000;
@@ -106,8 +106,10 @@ export class Hub {
   #expiryCheck: Promise<void> | null = null;
   #reconcileMs: number;
   #holders = new Map<Holder, (reason: Revocation) => void>();
-  /** `<token hash>:<room id>` → how many of the holders are that session in that room. */
+  /** `<token hash>:<room id>` → how many checked holders are that session in that room. */
   #held = new Map<string, number>();
+  /** The holders whose access was checked (see `checked`). */
+  #checked = new Set<Holder>();
   #closed = false;
   #timers = new Set<ReturnType<typeof setTimeout>>();
   #reconcileFailing = false;
@@ -141,10 +143,12 @@ export class Hub {
       later,
     });
     const publish = (roomId: string, event: LiveEvent) => this.events.publish(roomId, event);
-    // Alone (no other instance heard), presence, typing and calls have nobody to tell: an
-    // instance that starts says hello and is then sent everyone's members.
-    const announce = (item: LiveItem) => {
-      if (CONTROL_ITEMS.has(item.k) || this.presence.hasPeers()) this.#broadcast.announceLive(item);
+    // Alone (no other instance heard), a change of presence, typing or a call has nobody to
+    // tell. Snapshots always go out, and the first instance heard is sent one (presence.ts).
+    const announce = (item: LiveItem, snapshot = false) => {
+      if (snapshot || !CHANGES.has(item.k) || this.presence.hasPeers()) {
+        this.#broadcast.announceLive(item);
+      }
     };
     const instanceId = crypto.randomUUID();
     this.presence = new Presence({
@@ -154,6 +158,7 @@ export class Hub {
       onChange: (roomId, online) => publish(roomId, { type: "presence.changed", online }),
       onOffline: (roomId, userId) => this.typing.clear(roomId, userId),
       onInstanceGone: (instanceId) => this.calls.forgetInstance(instanceId),
+      onFirstPeer: () => this.calls.resync(),
       ...options.presenceTimings,
     });
     this.typing = new Typing({
@@ -161,7 +166,7 @@ export class Hub {
       announce,
       onChange: (roomId, typing) => publish(roomId, { type: "typing.changed", typing }),
     });
-    this.calls = new Calls({ instanceId, announce });
+    this.calls = new Calls({ instanceId, announce, later });
   }
 
   /**
@@ -245,13 +250,10 @@ export class Hub {
    */
   watchAccess(holder: Holder, onRevoke: (reason: Revocation) => void): () => void {
     this.#holders.set(holder, onRevoke);
-    const key = `${holder.tokenHash}:${holder.roomId}`;
-    this.#held.set(key, (this.#held.get(key) ?? 0) + 1);
-    let watching = true;
     return () => {
-      if (!watching) return;
-      watching = false;
-      this.#holders.delete(holder);
+      if (!this.#holders.delete(holder)) return;
+      if (!this.#checked.delete(holder)) return;
+      const key = `${holder.tokenHash}:${holder.roomId}`;
       const left = this.#held.get(key)! - 1;
       if (left === 0) this.#held.delete(key);
       else this.#held.set(key, left);
@@ -259,9 +261,20 @@ export class Hub {
   }
 
   /**
-   * Whether the session of `tokenHash` holds a subscription (or a call) in the room here: its
-   * access was checked when it opened and is watched since (it ends when the session or the
-   * membership does), so a call about the room with that token needs no read to trust it.
+   * Notes that a watched holder's access was checked (after `watchAccess`, once its session and
+   * membership were read): from now until it is unwatched, `holds` counts it.
+   */
+  checked(holder: Holder): void {
+    if (!this.#holders.has(holder) || this.#checked.has(holder)) return;
+    this.#checked.add(holder);
+    const key = `${holder.tokenHash}:${holder.roomId}`;
+    this.#held.set(key, (this.#held.get(key) ?? 0) + 1);
+  }
+
+  /**
+   * Whether the session of `tokenHash` holds a checked subscription (or call) in the room here:
+   * its access was read when it opened and is watched since (it ends when the session expires
+   * or ends, or the membership does), so a call about the room with that token needs no read.
    */
   holds(tokenHash: string, roomId: string): boolean {
     return this.#held.has(`${tokenHash}:${roomId}`);

@@ -46,14 +46,22 @@ export interface PresenceTimings {
 export interface PresenceOptions extends Partial<PresenceTimings> {
   /** This instance's id in live items. */
   instanceId: string;
-  /** Sends a live item to the other instances. */
-  announce(item: LiveItem): void;
+  /**
+   * Sends a live item to the other instances; `snapshot` for the items of a whole list (sent
+   * even while no other instance is known).
+   */
+  announce(item: LiveItem, snapshot?: boolean): void;
   /** Publishes a room's online members after a change. */
   onChange(roomId: string, online: LiveMember[]): void;
   /** A member went offline in a room (their typing ends). */
   onOffline(roomId: string, userId: string): void;
   /** Another instance was given up (it said bye, or was not heard for `timeoutMs`). */
   onInstanceGone(instanceId: string): void;
+  /**
+   * The first other instance was heard (after none): changes were not sent while alone, so
+   * this instance's members were sent to it; send the rest (calls) too.
+   */
+  onFirstPeer(): void;
   /** Runs `fn` in `ms` unless the hub closed meanwhile. */
   later(ms: number, fn: () => void): void;
 }
@@ -202,6 +210,7 @@ export class Presence {
   heard(item: LiveItem): void {
     const now = Date.now();
     if (item.k === "bye") return this.#forget(item.i);
+    const alone = this.#remote.size === 0;
     let remote = this.#remote.get(item.i);
     if (!remote) {
       this.#remote.set(item.i, remote = { heardAt: now, rooms: new Map(), incoming: null });
@@ -233,6 +242,8 @@ export class Presence {
         remote.rooms = incoming;
         break;
       }
+      case "alive":
+        break;
       case "presence": {
         const member = { ...item.m, joinedAt: new Date(item.m.joinedAt) };
         const rooms = remote.incoming ?? remote.rooms;
@@ -250,6 +261,12 @@ export class Presence {
         break;
       }
     }
+    // Changes were not sent while alone: the first instance heard gets everything (after a
+    // hello it was sent already).
+    if (alone && item.k !== "hello") {
+      this.#sendAll();
+      this.#options.onFirstPeer();
+    }
   }
 
   /** Listening again after a loss: everyone (this instance too) sends their members again. */
@@ -264,13 +281,13 @@ export class Presence {
    */
   #sendAll(): void {
     const i = this.#options.instanceId;
-    this.#announce({ k: "reset", i });
+    this.#announce({ k: "reset", i }, true);
     for (const [roomId, room] of this.#local) {
       for (const { member } of room.values()) {
-        this.#announce({ k: "presence", i, r: roomId, m: member, on: true });
+        this.#announce({ k: "presence", i, r: roomId, m: member, on: true }, true);
       }
     }
-    this.#announce({ k: "synced", i });
+    this.#announce({ k: "synced", i }, true);
   }
 
   /** Drops what another instance told (it said bye, or was not heard for `timeoutMs`). */
@@ -298,9 +315,9 @@ export class Presence {
     this.#options.later(Math.min(SWEEP_MS, this.#timeoutMs), () => this.#sweep());
   }
 
-  #announce(item: LiveItem): void {
+  #announce(item: LiveItem, snapshot = false): void {
     if (this.#closed && item.k !== "bye") return;
-    this.#options.announce(item);
+    this.#options.announce(item, snapshot);
   }
 
   /** Notes who was online in a room before a change; publishes after `COALESCE_MS`. */

@@ -6,11 +6,11 @@
  */
 import { TRPCError } from "@trpc/server";
 import { z } from "zod";
-import { memberOf, openRoom } from "../access.ts";
-import { accessEnded, tooManySubscriptions } from "../errors.ts";
+import { accessEnded, subscriptionCancelled, tooManySubscriptions } from "../errors.ts";
 import { iceServersFor } from "../ice_servers.ts";
-import { type CallEvent, isPolite } from "../realtime/calls.ts";
+import { type CallEvent, isPolite, type Participant } from "../realtime/calls.ts";
 import { Inbox } from "../realtime/inbox.ts";
+import { watchRoomAccess } from "../room_subscription.ts";
 import { id, text } from "../schemas.ts";
 import {
   authedProcedure,
@@ -20,8 +20,8 @@ import {
   writeProcedure,
 } from "../trpc.ts";
 
-/** Longest SDP accepted, in UTF-16 code units (a browser's offer for audio and video is 3-8 KiB). */
-export const MAX_SDP_CHARS = 32 * 1024;
+/** Longest SDP accepted, in UTF-8 bytes (a browser's offer for audio and video is 3-8 KiB). */
+export const MAX_SDP_BYTES = 32 * 1024;
 
 /** Longest ICE candidate line (RFC 8839 §5.1; real ones are under 300 characters). */
 export const MAX_CANDIDATE_CHARS = 1024;
@@ -31,10 +31,15 @@ const MAX_QUEUED_CALL_EVENTS = 1000;
 
 const roomInput = z.object({ roomId: id });
 
+const encoder = new TextEncoder();
+
 /** An `RTCSessionDescriptionInit`. */
 const description = z.strictObject({
   type: z.enum(["offer", "answer", "pranswer", "rollback"]),
-  sdp: text.max(MAX_SDP_CHARS).optional(),
+  sdp: text.max(MAX_SDP_BYTES).refine(
+    (sdp) => encoder.encode(sdp).byteLength <= MAX_SDP_BYTES,
+    `An SDP holds at most ${MAX_SDP_BYTES} bytes`,
+  ).optional(),
 });
 
 /** An `RTCIceCandidateInit` (an empty `candidate` marks the end of candidates). */
@@ -68,7 +73,9 @@ export const callsRouter = router({
    * in the call, each with `polite`: whether the caller is the polite side toward them in the
    * perfect negotiation pattern. Joining again over the same socket returns the same
    * participant. The participant leaves with `calls.leave`, when the socket closes (keep-alive
-   * included), or when the caller loses access to the room.
+   * included), when its socket's `calls.onEvent` for the room ends (or none opens within 10 s:
+   * signals that come before it are kept for it), or when the caller loses access to the room
+   * (leave, sign-out, session expiry, account deletion).
    * @throws `BAD_REQUEST` over HTTP; `NOT_FOUND` / `FORBIDDEN` for an unknown room or a
    * non-member; `CONFLICT` when the call is full (`CALL_MAX_PARTICIPANTS`);
    * `TOO_MANY_REQUESTS` past the joins rate.
@@ -76,35 +83,43 @@ export const callsRouter = router({
   join: writeProcedure("joins").input(roomInput).mutation(async ({ ctx, input }) => {
     const connection = requireWebSocket(ctx.connection.key, "calls.join");
     const { roomId } = input;
-    const member = await memberOf(ctx.sql, { roomId, userId: ctx.user.id });
-    const holder = { roomId, userId: ctx.user.id, tokenHash: ctx.tokenHash, expiresAt: 0 };
-    const leave = () => ctx.hub.calls.leave(roomId, connection);
-    let unwatch = () => {};
-    const result = ctx.hub.calls.join(member, connection, ctx.calls.maxParticipants, () => {
+    const { calls } = ctx.hub;
+    const answer = (participantId: string, others: Participant[]) => ({
+      participantId,
+      participants: others.map((other) => ({
+        ...other,
+        polite: isPolite(participantId, other.participantId),
+      })),
+    });
+    const existing = calls.participantOf(roomId, connection);
+    if (existing) {
+      const others = calls.participants(roomId).filter((p) => p !== existing);
+      return answer(existing.participantId, others);
+    }
+    // Watched from before the read: a sign-out, a leave or an expiry takes it out of the call.
+    const leave = () => calls.leave(roomId, connection);
+    const { access, unwatch } = await watchRoomAccess(ctx, roomId, leave);
+    const result = calls.join(access.member, connection, ctx.calls.maxParticipants, () => {
       unwatch();
       ctx.connection.closed.removeEventListener("abort", leave);
     });
     if (result.status === "full") {
+      unwatch();
       throw new TRPCError({
         code: "CONFLICT",
         message: `The call is full: at most ${ctx.calls.maxParticipants} participants`,
       });
     }
-    const { participant, others } = result;
     if (ctx.connection.closed.aborted) leave();
     else ctx.connection.closed.addEventListener("abort", leave, { once: true });
-    unwatch = ctx.hub.watchAccess(holder, leave);
-    return {
-      participantId: participant.participantId,
-      participants: others.map((other) => ({
-        ...other,
-        polite: isPolite(participant.participantId, other.participantId),
-      })),
-    };
+    return answer(result.participant.participantId, result.others);
   }),
 
-  /** Leaves the room's call over this WebSocket: `{ left }` (false when not in it). */
-  leave: authedProcedure.input(roomInput).mutation(({ ctx, input }) => {
+  /**
+   * Leaves the room's call over this WebSocket: `{ left }` (false when not in it). Needs no live
+   * session: leaving is always allowed.
+   */
+  leave: sessionProcedure.input(roomInput).mutation(({ ctx, input }) => {
     const connection = requireWebSocket(ctx.connection.key, "calls.leave");
     return { left: ctx.hub.calls.leave(input.roomId, connection) };
   }),
@@ -150,30 +165,44 @@ export const callsRouter = router({
    * stream ends when the caller loses access.
    * @throws as `messages.onMessage` (cap, `UNAUTHORIZED`, `NOT_FOUND`, `FORBIDDEN`).
    */
-  onEvent: sessionProcedure.input(roomInput).subscription(async function* ({ ctx, input, signal }) {
+  onEvent: sessionProcedure.input(roomInput).subscription(async ({ ctx, input, signal }) => {
+    // Access is checked and the listener registered before tRPC answers "started": a client
+    // that joins right after onStarted gets every signal addressed to it.
     const connection = requireWebSocket(ctx.connection.key, "calls.onEvent");
     const { roomId } = input;
     if (ctx.connection.subscriptions >= ctx.limits.subscriptionsPerSocket) {
       throw tooManySubscriptions(ctx.limits.subscriptionsPerSocket);
     }
+    const inbox = new Inbox<CallEvent>(
+      MAX_QUEUED_CALL_EVENTS,
+      () => new TRPCError({ code: "TOO_MANY_REQUESTS", message: "Call events not read" }),
+    );
     ctx.connection.subscriptions++;
+    let unwatch: () => void;
     try {
-      const access = await openRoom(ctx.sql, ctx.tokenHash, roomId);
-      const inbox = new Inbox<CallEvent>(
-        MAX_QUEUED_CALL_EVENTS,
-        () => new TRPCError({ code: "TOO_MANY_REQUESTS", message: "Call events not read" }),
-      );
-      const holder = { roomId, userId: access.userId, tokenHash: ctx.tokenHash, expiresAt: 0 };
-      const unwatch = ctx.hub.watchAccess(holder, (reason) => inbox.fail(accessEnded(reason)));
-      const stop = ctx.hub.calls.listen(roomId, connection, (event) => inbox.push(event));
+      ({ unwatch } = await watchRoomAccess(ctx, roomId, (reason) => {
+        inbox.fail(accessEnded(reason));
+      }));
+    } catch (error) {
+      ctx.connection.subscriptions--;
+      throw error;
+    }
+    if (signal?.aborted) {
+      unwatch();
+      ctx.connection.subscriptions--;
+      throw subscriptionCancelled();
+    }
+    const stop = ctx.hub.calls.listen(roomId, connection, (event) => inbox.push(event));
+    const stopped = new AbortController();
+    signal?.addEventListener("abort", () => stopped.abort(), { once: true });
+    return (async function* () {
       try {
-        yield* inbox.take(signal ?? new AbortController().signal);
+        yield* inbox.take(stopped.signal);
       } finally {
         stop();
         unwatch();
+        ctx.connection.subscriptions--;
       }
-    } finally {
-      ctx.connection.subscriptions--;
-    }
+    })();
   }),
 });
