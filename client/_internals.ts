@@ -1,4 +1,7 @@
-/** What the sign-in helpers (auth.ts) need of a client beyond its public interface. */
+/**
+ * What the sign-in helpers (auth.ts) and `watchRoom` need of a client beyond its public
+ * interface.
+ */
 import type { SessionTracker } from "./session.ts";
 
 /** A client's token store and session state, as `createParleyClient` set them up. */
@@ -7,6 +10,8 @@ export interface ClientInternals {
   saveToken: ((token: string | null) => void | Promise<void>) | null;
   /** The client's session state. */
   session: SessionTracker;
+  /** Calls `listener` at every `parley.reconnect()`; returns a function that removes it. */
+  onReconnect(listener: () => void): () => void;
 }
 
 /** Each client's internals, keyed by the client object `createParleyClient` returned. */

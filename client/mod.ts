@@ -12,9 +12,18 @@ import { clientInternals } from "./_internals.ts";
 import { createHttpLink } from "./http.ts";
 import { type AccessChange, createIdentity, type Identity, type TokenSource } from "./identity.ts";
 import { createSessionTracker, type SessionListener, type SessionState } from "./session.ts";
-import { createSocketTransport } from "./socket.ts";
+import { createSocketTransport, type KeepAliveOptions } from "./socket.ts";
 
-export type { AccessChange, AppRouter, SessionListener, SessionState, TokenSource };
+export type {
+  AccessChange,
+  AppRouter,
+  KeepAliveOptions,
+  SessionListener,
+  SessionState,
+  TokenSource,
+};
+export { isParleyError, TRPCClientError } from "./errors.ts";
+export { defaultRetryDelayMs } from "./socket.ts";
 export { TYPING_RENEW_MS, watchRoom } from "./watch_room.ts";
 export type { RoomState, WatchRoomHandle, WatchRoomOptions } from "./watch_room.ts";
 export { exchangeIdToken, signIn, signOut, signUp } from "./auth.ts";
@@ -76,6 +85,26 @@ export interface ParleyClientOptions {
   saveToken?: (token: string | null) => void | Promise<void>;
   /** A WebSocket implementation for runtimes without a global one. */
   WebSocket?: typeof WebSocket;
+  /**
+   * The wait, in ms, before each attempt to open a new WebSocket after the last one was lost
+   * (subscriptions resume on it, from their last event): `attempt` is 0 for the first attempt,
+   * 1 after that one failed, and so on (tRPC's `retryDelayMs`). Default `defaultRetryDelayMs`:
+   * at once, then about 0.5 s, 1 s, and about 2 s from then on. `reconnect()` cuts a wait short.
+   */
+  retryDelayMs?: (attempt: number) => number;
+  /**
+   * How long, in ms, the WebSocket stays open after its last subscription ends, so that a
+   * new one (another room, a remount) reuses it; 0 closes it at once (default 5000).
+   */
+  idleCloseMs?: number;
+  /**
+   * tRPC's client-side keep-alive: after `intervalMs` (default 5000) without a frame from the
+   * server the client sends a ping, and closes the socket (then reconnects, subscriptions
+   * resuming) when no pong comes within `pongTimeoutMs` (default 1000). Finds a dead
+   * connection (a sleeping laptop, a changed network) sooner than TCP does. Off by default:
+   * the server pings quiet clients itself (after 30 s).
+   */
+  keepAlive?: KeepAliveOptions;
   /** A fetch implementation (default: the global one). */
   fetch?: typeof fetch;
   /**
@@ -117,13 +146,23 @@ export interface ParleyClient {
    * refusal). Returns a function that removes the listener.
    */
   onSessionChange(listener: SessionListener): () => void;
+  /**
+   * Reconnects the WebSocket now: closes the current one (if open or opening) and ends any
+   * wait between attempts, so the next attempt starts at once; subscriptions (and `watchRoom`s)
+   * resume on the new socket from their last event, losing nothing. `watchRoom`s waiting to
+   * retry a failed load retry at once too. Call it when the app knows the network is back,
+   * e.g. on the browser's `online` event. Calls over the socket in flight (`calls.*`) fail
+   * and may be retried. Opens no socket when none is open or wanted.
+   */
+  reconnect(): void;
   /** Closes the WebSocket connection, if one is open, and stops token polling. */
   close(): Promise<void>;
 }
 
 /**
  * Creates a typed client: subscriptions over one lazy WebSocket (opened on the first
- * subscription, closed 5 s after the last one ends), everything else over batched HTTP.
+ * subscription, closed `idleCloseMs` (5 s) after the last one ends), everything else over
+ * batched HTTP.
  */
 export function createParleyClient(options: ParleyClientOptions): ParleyClient {
   const base = options.url.replace(/\/+$/, "");
@@ -137,7 +176,11 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
     url: `${base.replace(/^http/, "ws")}/trpc`,
     identity,
     WebSocket: options.WebSocket,
+    retryDelayMs: options.retryDelayMs,
+    idleCloseMs: options.idleCloseMs,
+    keepAlive: options.keepAlive,
   });
+  const reconnectListeners = new Set<() => void>();
   const trpc = createTRPCClient<AppRouter>({
     links: [
       joinNoticeLink(identity),
@@ -168,13 +211,24 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
       return session.state;
     },
     onSessionChange: (listener) => session.onChange(listener),
+    reconnect() {
+      sockets.reconnect();
+      for (const listener of [...reconnectListeners]) listener();
+    },
     async close() {
       identity.close();
       session.close();
       await sockets.close();
     },
   };
-  clientInternals.set(parley, { saveToken: options.saveToken ?? null, session });
+  clientInternals.set(parley, {
+    saveToken: options.saveToken ?? null,
+    session,
+    onReconnect(listener) {
+      reconnectListeners.add(listener);
+      return () => void reconnectListeners.delete(listener);
+    },
+  });
   return parley;
 }
 

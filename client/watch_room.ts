@@ -14,8 +14,9 @@
  */
 import { TRPCClientError } from "@trpc/client";
 import type { RoomEvent } from "../db/events.ts";
+import { clientInternals } from "./_internals.ts";
 import type { ParleyClient } from "./mod.ts";
-import { isRetryable, retryDelay, withRetries } from "./retry.ts";
+import { isRateLimited, isRetryable, retryDelay, withRetries } from "./retry.ts";
 
 type Trpc = ParleyClient["trpc"];
 type Message = Awaited<ReturnType<Trpc["messages"]["send"]["mutate"]>>;
@@ -171,6 +172,8 @@ export function watchRoom(
   let generation = 0;
   let retries = 0;
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
+  /** True while a load that failed for the network (not for rate) waits to be retried. */
+  let retryingNetwork = false;
   /** The watching user, read with the identity version it belongs to. */
   let me: { id: string; version: number } | null = null;
   /** Events recorded for each `loadOlder` in flight, applied to its page when it comes. */
@@ -187,6 +190,11 @@ export function watchRoom(
   // or retry is left to be refused again.
   const stopSessionWatch = parley.onSessionChange((session) => {
     if (session !== "signed-in") signedOut();
+  });
+  // `parley.reconnect()` (the network is back): a load that failed for the network and waits
+  // to be retried is retried now (one refused for rate still waits as the server asked).
+  const stopReconnectWatch = clientInternals.get(parley)?.onReconnect(() => {
+    if (retryingNetwork && !stopped) void load();
   });
 
   const lastSeq = () => messages.at(-1)?.seq ?? 0;
@@ -262,6 +270,7 @@ export function watchRoom(
   function retryLater(error: unknown) {
     setState(wasLive ? "reconnecting" : "connecting", error);
     clearTimeout(retryTimer);
+    retryingNetwork = !isRateLimited(error);
     retryTimer = setTimeout(() => void load(), retryDelay(error, ++retries));
   }
 
@@ -269,6 +278,7 @@ export function watchRoom(
   function halt(clear: boolean) {
     generation++;
     clearTimeout(retryTimer);
+    retryingNetwork = false;
     subscription?.unsubscribe();
     subscription = null;
     if (clear) {
@@ -320,6 +330,7 @@ export function watchRoom(
   async function load() {
     if (stopped) return;
     clearTimeout(retryTimer);
+    retryingNetwork = false;
     subscription?.unsubscribe();
     subscription = null;
     const current = ++generation;
@@ -551,6 +562,7 @@ export function watchRoom(
       stopWaiting?.();
       stopWaiting = null;
       stopSessionWatch();
+      stopReconnectWatch?.();
       subscription?.unsubscribe();
     },
   };

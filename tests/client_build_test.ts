@@ -38,6 +38,8 @@ const GOOD = `
 import { createParleyClient, watchRoom, type Message, type Room, type RouterInputs, type User }
   from "parley-client";
 import { type OpenedSession, type SessionState, signIn, signOut } from "parley-client";
+import { defaultRetryDelayMs, isParleyError, type KeepAliveOptions, TRPCClientError }
+  from "parley-client";
 
 const parley = createParleyClient({ url: "http://127.0.0.1:8000", token: () => null });
 const input: RouterInputs["messages"]["send"] = { roomId: "id", content: "hi" };
@@ -68,6 +70,32 @@ const device = createParleyClient({
   saveToken: (next: string | null) => void (stored = next),
 });
 
+const keepAlive: KeepAliveOptions = { enabled: true, intervalMs: 10_000, pongTimeoutMs: 2_000 };
+const tuned = createParleyClient({
+  url: "http://127.0.0.1:8000",
+  retryDelayMs: (attempt: number) => Math.min(defaultRetryDelayMs(attempt), 1_000),
+  idleCloseMs: 10_000,
+  keepAlive,
+});
+
+export async function tuning(roomId: string): Promise<void> {
+  tuned.reconnect();
+  try {
+    const first = await tuned.trpc.messages.list.query({ roomId, limit: 20, cursor: null });
+    const next: number | null = first.nextCursor;
+    const same: number | null = first.nextBeforeSeq;
+    await tuned.trpc.messages.list.query({ roomId, cursor: next ?? same });
+  } catch (error) {
+    if (isParleyError(error)) {
+      const code: string | undefined = error.data?.code;
+      const status: number | undefined = error.data?.httpStatus;
+      console.log(code, status, error.message);
+    }
+    const caught: boolean = error instanceof TRPCClientError;
+    console.log(caught);
+  }
+}
+
 export async function account(): Promise<void> {
   const opened: OpenedSession = await signIn(device, { username: "ada", password: "secret" });
   const until: Date = opened.expiresAt;
@@ -87,6 +115,8 @@ const BAD_LINES: [line: number, code: string, what: string][] = [
   [8, "TS2353", "an unknown input key"],
   [10, "TS2322", "a Message's content read as a number"],
   [11, "TS2339", "a procedure that does not exist"],
+  [12, "TS2322", "messages.list's cursor given a string"],
+  [13, "TS2322", "retryDelayMs given a number"],
 ];
 
 const BAD = `import { createParleyClient } from "parley-client";
@@ -100,6 +130,8 @@ export async function misuse(): Promise<void> {
   const sent = await parley.trpc.messages.send.mutate({ roomId: "r", content: "x" });
   const wrong: number = sent.content;
   await parley.trpc.rooms.nope.query();
+  await parley.trpc.messages.list.query({ roomId: "r", cursor: "older" });
+  createParleyClient({ url: "http://127.0.0.1:8000", retryDelayMs: 1000 });
   console.log(wrong);
 }
 `;
@@ -211,6 +243,73 @@ console.log(JSON.stringify({
 }));
 `;
 
+/**
+ * Runs under node: errors over HTTP and over the WebSocket are the exported TRPCClientError;
+ * the tuning options are taken; reconnect() replaces the socket and the room loses nothing.
+ */
+const TUNING = `
+import { createParleyClient, isParleyError, TRPCClientError, watchRoom } from "parley-client";
+${UNTIL}
+const url = process.argv[2];
+const anon = createParleyClient({ url });
+const httpError = await anon.trpc.users.me.query().catch((error) => error);
+const a = await anon.trpc.users.create.mutate({ username: "node_tune_a" });
+const b = await anon.trpc.users.create.mutate({ username: "node_tune_b" });
+const ada = createParleyClient({ url, token: a.token });
+const room = await ada.trpc.rooms.create.mutate({ name: "Tuning" });
+const opened = [];
+const attempts = [];
+const bob = createParleyClient({
+  url,
+  token: b.token,
+  idleCloseMs: 200,
+  retryDelayMs: (attempt) => { attempts.push(attempt); return attempt === 0 ? 0 : 100; },
+  keepAlive: { enabled: true, intervalMs: 1000 },
+  WebSocket: class extends WebSocket {
+    constructor(...args) {
+      super(...args);
+      const socket = { closed: null };
+      opened.push(socket);
+      this.addEventListener("close", (event) => { socket.closed ??= event.code; });
+    }
+  },
+});
+const wsError = await new Promise((resolve) => {
+  const sub = bob.trpc.messages.onMessage.subscribe({ roomId: room.id }, {
+    onData() {},
+    onError(error) { sub.unsubscribe(); resolve(error); },
+  });
+});
+await bob.trpc.rooms.join.mutate({ roomId: room.id });
+let list = [];
+let state = null;
+const watch = watchRoom(bob, room.id, {
+  onMessages: (messages) => { list = messages; },
+  onStateChange: (next) => { state = next; },
+});
+await until(() => state === "live", "live");
+const before = opened.length;
+bob.reconnect();
+const sent = await ada.trpc.messages.send.mutate({ roomId: room.id, content: "during reconnect" });
+await until(() => list.at(-1)?.seq === sent.seq && state === "live", "resumed");
+const reconnectedWith = opened[before - 1].closed;
+const newSockets = opened.length - before;
+watch.stop();
+const stoppedAt = Date.now();
+await until(() => opened.every((socket) => socket.closed !== null), "idle close", 3000);
+const idleSoon = Date.now() - stoppedAt < 1500;
+await Promise.all([anon.close(), ada.close(), bob.close()]);
+const view = (error) => ({
+  instance: error instanceof TRPCClientError,
+  guard: isParleyError(error),
+  code: error?.data?.code ?? null,
+});
+console.log(JSON.stringify({
+  http: view(httpError), ws: view(wsError), other: isParleyError(new Error("x")),
+  reconnectedWith, newSockets, firstAttempt: attempts[0], seqs: list.map((m) => m.seq), idleSoon,
+}));
+`;
+
 /** Runs under node: many calls in one tick, large messages and 25 watched rooms. */
 const LIMITS = `
 import { createParleyClient, watchRoom } from "parley-client";
@@ -280,6 +379,7 @@ Deno.test("the built client", async (t) => {
     await Deno.writeTextFile(`${app}/run.mjs`, RUN);
     await Deno.writeTextFile(`${app}/identity.mjs`, IDENTITY);
     await Deno.writeTextFile(`${app}/limits.mjs`, LIMITS);
+    await Deno.writeTextFile(`${app}/tuning.mjs`, TUNING);
     const tsc = (file: string) => {
       const config = { ...TSCONFIG, files: [file] };
       return Deno.writeTextFile(`${app}/tsconfig.${file}.json`, JSON.stringify(config))
@@ -329,6 +429,25 @@ Deno.test("the built client", async (t) => {
           liveSoon: true,
           erinSent: true,
           seqs: [1, 2, 3, 4],
+        });
+      },
+    );
+
+    await t.step(
+      "under node, errors are the exported TRPCClientError; tuning and reconnect() work",
+      async () => {
+        await using env = await startTestEnv();
+        const seen = await runNode(app, "tuning.mjs", env.url);
+        const ok = (code: string) => ({ instance: true, guard: true, code });
+        assert.deepEqual(seen, {
+          http: ok("UNAUTHORIZED"),
+          ws: ok("FORBIDDEN"),
+          other: false,
+          reconnectedWith: 4001,
+          newSockets: 1,
+          firstAttempt: 0,
+          seqs: [1],
+          idleSoon: true,
         });
       },
     );

@@ -1,10 +1,10 @@
 /**
- * Unit tests of the client's WebSocket guard and frame cutting (client/socket.ts) and of
+ * Unit tests of the client's WebSocket guard, close reporting and frame cutting (client/socket.ts) and of
  * its token readings (client/identity.ts), on a fake socket: no server.
  */
 import assert from "node:assert/strict";
 import { createIdentity } from "../client/identity.ts";
-import { frames, type GuardedSocket, guardedWebSocket } from "../client/socket.ts";
+import { CLOSE_WAIT_MS, frames, type GuardedSocket, guardedWebSocket } from "../client/socket.ts";
 import { MAX_BATCH_SIZE, MAX_FRAME_BYTES } from "../server/limits.ts";
 
 /** Just enough of a WebSocket: records what is sent and how it was closed. */
@@ -77,6 +77,58 @@ Deno.test("a socket never sends calls once the token read last is not the one it
   assert.equal(ws.sent.length, 4, "the call was not sent");
   assert.equal(ws.closedWith, 4000);
   ws.dispatchEvent(new Event("close"));
+  assert.equal(sockets.size, 0);
+});
+
+Deno.test("a socket the client closes reports close once, within CLOSE_WAIT_MS or at once when abandoned", async () => {
+  const identity = createIdentity(() => null, { onTokenChange: () => {} });
+  const sockets = new Set<GuardedSocket>();
+  const Guarded = guardedWebSocket(FakeSocket as unknown as typeof WebSocket, {
+    identity,
+    sockets,
+  });
+  const watch = (ws: EventTarget) => {
+    const events: string[] = [];
+    for (const type of ["error", "close"]) {
+      ws.addEventListener(type, (e) => events.push(`${type}:${(e as CloseEvent).code ?? ""}`));
+    }
+    return events;
+  };
+
+  // A dead peer: close() gets no answer, so close is reported after CLOSE_WAIT_MS.
+  const dead = new Guarded("ws://parley.test/trpc") as unknown as FakeSocket & GuardedSocket;
+  const deadEvents = watch(dead);
+  const closedAt = performance.now();
+  dead.close();
+  assert.equal(dead.closedWith, 1005);
+  await new Promise((resolve) => setTimeout(resolve, CLOSE_WAIT_MS / 2));
+  assert.deepEqual(deadEvents, []);
+  await new Promise((resolve) => dead.addEventListener("close", resolve));
+  assert.ok(performance.now() - closedAt >= CLOSE_WAIT_MS - 10);
+  assert.deepEqual(deadEvents, ["close:1006"]);
+  assert.equal(sockets.size, 0);
+  dead.dispatchEvent(new Event("error")); // the runtime's own events, much later
+  dead.dispatchEvent(new Event("close"));
+  assert.deepEqual(deadEvents, ["close:1006"], "not passed on");
+
+  // A live peer answers in time: its close passes, once, and no timer is left.
+  const live = new Guarded("ws://parley.test/trpc") as unknown as FakeSocket & GuardedSocket;
+  const liveEvents = watch(live);
+  live.close(1000);
+  live.dispatchEvent(new CloseEvent("close", { code: 1000 }));
+  live.abandon(4001, "Reconnect requested");
+  assert.deepEqual(liveEvents, ["close:1000"]);
+
+  // Abandoned while connecting: error then close at once, as a failed connection reports.
+  const connecting = new Guarded("ws://parley.test/trpc") as unknown as FakeSocket & GuardedSocket;
+  connecting.readyState = 0;
+  const connectingEvents = watch(connecting);
+  connecting.abandon(4001, "Reconnect requested");
+  assert.equal(connecting.closedWith, 4001);
+  assert.deepEqual(connectingEvents, ["error:", "close:4001"]);
+  connecting.dispatchEvent(new Event("error"));
+  connecting.dispatchEvent(new Event("close"));
+  assert.deepEqual(connectingEvents, ["error:", "close:4001"]);
   assert.equal(sockets.size, 0);
 });
 

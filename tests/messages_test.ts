@@ -117,6 +117,81 @@ Deno.test("messages", async (t) => {
     assert.match(error.message, /not both/);
   });
 
+  await t.step(
+    "messages.list pages back with tRPC's cursor exactly as with beforeSeq; nextCursor follows",
+    async () => {
+      const paged = await alice.api.rooms.create.mutate({ name: "Cursor paging" });
+      for (let i = 1; i <= 12; i++) {
+        await alice.api.messages.send.mutate({ roomId: paged.id, content: `c${i}` });
+      }
+      type Page = Awaited<ReturnType<typeof alice.api.messages.list.query>>;
+      const byBeforeSeq: Page[] = [];
+      for (let before: number | undefined = undefined;;) {
+        const page = await alice.api.messages.list.query({
+          roomId: paged.id,
+          limit: 5,
+          beforeSeq: before,
+        });
+        byBeforeSeq.push(page);
+        if (page.nextBeforeSeq === null) break;
+        before = page.nextBeforeSeq;
+      }
+      // As @trpc/tanstack-react-query's infiniteQueryOptions calls it: the input with `cursor`
+      // (null for the first page, then getNextPageParam's answer) and `direction`.
+      const byCursor: Page[] = [];
+      for (let cursor: number | null = null;;) {
+        const input = { roomId: paged.id, limit: 5, cursor, direction: "forward" as const };
+        const page = await alice.api.messages.list.query(input);
+        byCursor.push(page);
+        if (page.nextCursor === null) break;
+        cursor = page.nextCursor;
+      }
+      assert.deepEqual(byCursor, byBeforeSeq);
+      assert.deepEqual(byCursor.map((page) => page.items.map((m) => m.seq)), [
+        [8, 9, 10, 11, 12],
+        [3, 4, 5, 6, 7],
+        [1, 2],
+      ]);
+      for (const page of byCursor) assert.equal(page.nextCursor, page.nextBeforeSeq);
+      assert.deepEqual(byCursor.map((page) => page.nextCursor), [8, 3, null]);
+      const undefinedCursor = await alice.api.messages.list.query({
+        roomId: paged.id,
+        limit: 5,
+        cursor: undefined,
+      });
+      assert.deepEqual(undefinedCursor, byBeforeSeq[0], "no cursor: the latest page");
+      // Catching up forward keeps its own fields; nextCursor still names the page back.
+      const forward = await alice.api.messages.list.query({
+        roomId: paged.id,
+        limit: 4,
+        afterSeq: 6,
+      });
+      assert.deepEqual(forward.items.map((m) => m.seq), [7, 8, 9, 10]);
+      assert.equal(forward.nextAfterSeq, 10);
+      assert.equal(forward.nextCursor, 7);
+      assert.equal(forward.nextCursor, forward.nextBeforeSeq);
+    },
+  );
+
+  await t.step("messages.list with cursor and beforeSeq or afterSeq is BAD_REQUEST", async () => {
+    const combos = [
+      { cursor: 5, beforeSeq: 5 },
+      { cursor: 5, afterSeq: 1 },
+      { cursor: null, beforeSeq: 5 },
+      { cursor: null, afterSeq: 1 },
+      { cursor: 5, beforeSeq: 5, afterSeq: 1 },
+    ];
+    for (const combo of combos) {
+      const error = await callError(alice.api.messages.list.query({ roomId: room.id, ...combo }));
+      assert.equal(error.data?.code, "BAD_REQUEST", JSON.stringify(combo));
+      assert.match(error.message, /cursor/, JSON.stringify(combo));
+    }
+    for (const cursor of [-1, 1.5, 2 ** 31]) {
+      const error = await callError(alice.api.messages.list.query({ roomId: room.id, cursor }));
+      assert.equal(error.data?.code, "BAD_REQUEST", `cursor ${cursor}`);
+    }
+  });
+
   await t.step("50 concurrent senders get seqs 1..50 with no gap and no repeat", async () => {
     const busy = await alice.api.rooms.create.mutate({ name: "Busy" });
     const senders = await Promise.all(Array.from({ length: 50 }, () => signUp(env)));
