@@ -49,6 +49,9 @@ interface StreamLike {
 export interface PeerConnectionLike {
   readonly signalingState: string;
   readonly connectionState: string;
+  readonly iceGatheringState: string;
+  addEventListener(type: "icegatheringstatechange", listener: () => void): void;
+  removeEventListener(type: "icegatheringstatechange", listener: () => void): void;
   readonly localDescription: { type: string; sdp: string } | null;
   onnegotiationneeded: ((event: unknown) => void) | null;
   onicecandidate: ((event: { candidate: { toJSON(): CandidateInit } | null }) => void) | null;
@@ -103,6 +106,26 @@ export interface CallHandle {
   leave(): Promise<void>;
 }
 
+/** Longest wait for one's own ICE gathering before rolling back an offer, in ms. */
+const GATHER_WAIT_MS = 1_000;
+
+/** Resolves once `pc` has gathered its ICE candidates, or after `timeoutMs`. */
+function gathered(pc: PeerConnectionLike, timeoutMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", check);
+      resolve();
+    };
+    const check = () => {
+      if (pc.iceGatheringState === "complete") done();
+    };
+    const timer = setTimeout(done, timeoutMs);
+    pc.addEventListener("icegatheringstatechange", check);
+    check();
+  });
+}
+
 /** Joins again after a reconnect this many times more before giving up (with backoff). */
 const REJOIN_ATTEMPTS = 5;
 
@@ -113,6 +136,8 @@ interface Peer {
   polite: boolean;
   makingOffer: boolean;
   ignoreOffer: boolean;
+  /** Its own offer being set, if any (settled either way). */
+  offering: Promise<unknown>;
   /** Signals to it go one after another, in order. */
   sending: Promise<unknown>;
 }
@@ -161,13 +186,16 @@ export async function joinCall<
       polite,
       makingOffer: false,
       ignoreOffer: false,
+      offering: Promise.resolve(),
       sending: Promise.resolve(),
     };
     peers.set(participant.participantId, peer);
     pc.onnegotiationneeded = async () => {
       try {
         peer.makingOffer = true;
-        await pc.setLocalDescription();
+        const setting = pc.setLocalDescription();
+        peer.offering = setting.catch(() => {});
+        await setting;
         const description = pc.localDescription!;
         send(peer, { description: { type: description.type as "offer", sdp: description.sdp } });
       } catch (error) {
@@ -210,6 +238,14 @@ export async function joinCall<
         (peer.makingOffer || pc.signalingState !== "stable");
       peer.ignoreOffer = !peer.polite && collision;
       if (peer.ignoreOffer) return;
+      if (collision) {
+        // Chromium: rolling back one's own offer while its ICE candidates are still being
+        // gathered can leave the connection without candidates for good (about one glare in
+        // ten in the browser test; an ICE restart does not recover it). Let the gathering end
+        // first, for at most a second.
+        await peer.offering;
+        await gathered(pc, GATHER_WAIT_MS);
+      }
       await pc.setRemoteDescription(description);
       if (description.type === "offer") {
         await pc.setLocalDescription();

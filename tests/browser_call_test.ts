@@ -5,6 +5,12 @@
  * `iceTransportPolicy: "relay"` through a local coturn started with `use-auth-secret` and
  * parley's secret: media flows only if coturn accepts the credentials parley issued. On real
  * Postgres the two sit on two instances. A third context, not a member, is refused.
+ *
+ * Then the example chat page's call button (examples/chat/): two users sign up and open one
+ * room through the page, click "Join call" and each sees the other's video tile playing; a
+ * third sees why it cannot join (camera refused, then call full); leaving the call, or the
+ * room, takes the tile away on the other page (on real Postgres the second user's page talks
+ * to a second instance). A screenshot goes to test-results/browser/.
  */
 import assert from "node:assert/strict";
 // deno-lint-ignore no-import-prefix
@@ -22,6 +28,14 @@ import {
 } from "./_helpers.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
+/** Headless Chromium with a fake camera and microphone (a test pattern and a beep). */
+const FAKE_MEDIA_ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--use-fake-device-for-media-stream",
+];
+const SHOTS = new URL("../test-results/browser/", import.meta.url);
 const TURNSERVER = "/usr/bin/turnserver";
 const hasChromium = await Deno.stat(CHROMIUM).then(() => true, () => false);
 const hasCoturn = await Deno.stat(TURNSERVER).then(() => true, () => false);
@@ -167,13 +181,8 @@ Deno.test({
     try {
       browser = await chromium.launch({
         executablePath: CHROMIUM,
-        args: [
-          "--headless",
-          "--no-sandbox",
-          "--disable-gpu",
-          "--use-fake-device-for-media-stream",
-          "--use-fake-ui-for-media-stream",
-        ],
+        // Every getUserMedia is allowed without asking.
+        args: [...FAKE_MEDIA_ARGS, "--use-fake-ui-for-media-stream"],
       });
       const pages = await Promise.all([1, 2, 3].map(async () => {
         const p = await (await browser!.newContext()).newPage();
@@ -239,6 +248,195 @@ Deno.test({
     } finally {
       await browser?.close();
       await page.shutdown();
+    }
+  },
+});
+
+/** A remote video tile of the example page: whose, its state, and its video's size and playhead. */
+interface Tile {
+  participantId: string | null;
+  name: string | null;
+  state: string | null;
+  videoWidth: number;
+  currentTime: number;
+}
+
+/** The example page's remote tiles, in order. */
+function remoteTiles(page: Page): Promise<Tile[]> {
+  return page.$$eval("#tiles .tile.remote", (tiles) =>
+    tiles.map((tile) => {
+      // DOM types are not loaded in Deno's type check: what is used, structurally.
+      const video = tile.querySelector("video") as unknown as {
+        videoWidth: number;
+        currentTime: number;
+      };
+      return {
+        participantId: tile.getAttribute("data-participant-id"),
+        name: tile.querySelector(".name")?.textContent ?? null,
+        state: tile.getAttribute("data-state"),
+        videoWidth: video.videoWidth,
+        currentTime: video.currentTime,
+      };
+    }));
+}
+
+async function until(page: Page, what: string, check: () => Promise<boolean>, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`Timed out in the browser: ${what}`);
+    await page.waitForTimeout(100);
+  }
+}
+
+/** Waits until `page` shows `name`'s tile connected with video, then checks it plays on. */
+async function expectPlayingTile(page: Page, name: string): Promise<Tile> {
+  let tile: Tile | undefined;
+  await until(page, `${name}'s video playing`, async () => {
+    tile = (await remoteTiles(page)).find((t) => t.name === name);
+    return tile?.state === "connected" && tile.videoWidth > 0 && tile.currentTime > 0;
+  }, 30_000);
+  await page.waitForTimeout(1_000);
+  const later = (await remoteTiles(page)).find((t) => t.participantId === tile!.participantId);
+  assert.ok(later, `${name}'s tile stays`);
+  assert.ok(
+    later.currentTime > tile!.currentTime,
+    `${name}'s video plays on: ${tile!.currentTime} s then ${later.currentTime} s`,
+  );
+  assert.match(tile!.participantId ?? "", /^[0-9a-f-]{36}$/);
+  return tile!;
+}
+
+/** Signs up as `username` through the example page's form. */
+async function signUpOnPage(page: Page, url: string, username: string) {
+  await page.goto(url);
+  await page.fill("#signup-form [name=username]", username);
+  await page.click("#signup-form button");
+  await page.waitForSelector("#rooms:not([hidden])");
+}
+
+/** The text of the page's call button, and the call's message (null while hidden). */
+function callUi(page: Page) {
+  return page.$eval("#call", (call) => {
+    const message = call.querySelector("#call-message")!;
+    return {
+      button: call.querySelector("#call-button")!.textContent,
+      message: message.hasAttribute("hidden") ? null : message.textContent,
+      tiles: call.querySelectorAll("#tiles .tile").length,
+    };
+  });
+}
+
+Deno.test({
+  name: "the example page's call button: video tiles both ways, a full call, leaving",
+  ignore: !hasChromium,
+  async fn(t) {
+    const example = await serveExample();
+    await using db = await createTestDatabase();
+    // Two seats, so a third person finds the call full.
+    const calls = { maxParticipants: 2 };
+    await using one = await startTestEnv({ db, origins: example.url, calls });
+    // On real Postgres the second browser talks to a second instance.
+    await using two = EMBEDDED ? null : await startTestEnv({ db, origins: example.url, calls });
+    await Deno.mkdir(SHOTS, { recursive: true });
+    const urlA = `${example.url}/?api=${one.url}`;
+    const urlB = `${example.url}/?api=${two?.url ?? one.url}`;
+
+    let browser: Browser | undefined;
+    try {
+      // Without --use-fake-ui-for-media-stream: a context's camera is refused unless granted.
+      browser = await chromium.launch({ executablePath: CHROMIUM, args: FAKE_MEDIA_ARGS });
+      const media = { permissions: ["camera", "microphone"] };
+      const pageA = await (await browser.newContext(media)).newPage();
+      const pageB = await (await browser.newContext(media)).newPage();
+      const carol = await browser.newContext(); // no camera until granted
+      const pageC = await carol.newPage();
+
+      await t.step("two users sign up and open the same room through the page", async () => {
+        await signUpOnPage(pageA, urlA, "ada");
+        await pageA.fill("#room-form [name=name]", "Huddle");
+        await pageA.click("#room-form button");
+        await pageA.waitForSelector("#state[data-state=live]");
+        await signUpOnPage(pageB, urlB, "bob");
+        await pageB.click("#room-list button[data-room-name=Huddle]");
+        await pageB.waitForSelector("#state[data-state=live]");
+        assert.deepEqual(await callUi(pageA), { button: "Join call", message: null, tiles: 0 });
+      });
+
+      await t.step("both click 'Join call' and each plays the other's video", async () => {
+        await pageA.click("#call-button");
+        await pageB.click("#call-button");
+        const seenByA = await expectPlayingTile(pageA, "bob");
+        const seenByB = await expectPlayingTile(pageB, "ada");
+        assert.notEqual(seenByA.participantId, seenByB.participantId);
+        for (const page of [pageA, pageB]) {
+          assert.deepEqual(await callUi(page), { button: "Leave call", message: null, tiles: 2 });
+          const local = await page.$eval("#tiles .tile.local", (tile) => {
+            const video = tile.querySelector("video") as unknown as {
+              muted: boolean;
+              videoWidth: number;
+            };
+            return { muted: video.muted, playing: video.videoWidth > 0 };
+          });
+          assert.deepEqual(local, { muted: true, playing: true }, "one's own tile, muted");
+        }
+        await pageA.screenshot({ path: new URL("11_ada_call.png", SHOTS).pathname });
+      });
+
+      await t.step(
+        "a third member is told the camera was refused, then that the call is full",
+        async () => {
+          await signUpOnPage(pageC, urlA, "carol");
+          await pageC.click("#room-list button[data-room-name=Huddle]");
+          await pageC.waitForSelector("#state[data-state=live]");
+          await pageC.click("#call-button");
+          await pageC.waitForSelector("#call-message:not([hidden])");
+          const refused = await callUi(pageC);
+          assert.match(refused.message ?? "", /refused/);
+          assert.deepEqual([refused.button, refused.tiles], ["Join call", 0]);
+
+          await carol.grantPermissions(["camera", "microphone"]);
+          await pageC.click("#call-button");
+          await until(
+            pageC,
+            "the call is full",
+            async () => /full/.test((await callUi(pageC)).message ?? ""),
+          );
+          assert.equal((await callUi(pageC)).button, "Join call");
+          assert.equal((await callUi(pageC)).tiles, 0);
+          assert.equal((await remoteTiles(pageA)).length, 1, "ada still sees bob only");
+        },
+      );
+
+      await t.step("bob leaves: his tile goes from ada's page", async () => {
+        await pageB.click("#call-button");
+        assert.deepEqual(await callUi(pageB), { button: "Join call", message: null, tiles: 0 });
+        await until(
+          pageA,
+          "bob's tile removed",
+          async () => (await remoteTiles(pageA)).length === 0,
+        );
+        assert.equal((await callUi(pageA)).tiles, 1, "ada's own tile stays");
+      });
+
+      await t.step("carol joins now; ada leaving the room leaves the call", async () => {
+        await pageC.click("#call-button");
+        await expectPlayingTile(pageC, "ada");
+        await expectPlayingTile(pageA, "carol");
+        await pageA.click("#leave-room");
+        await pageA.waitForSelector("#rooms:not([hidden])");
+        await until(
+          pageC,
+          "ada's tile removed",
+          async () => (await remoteTiles(pageC)).length === 0,
+        );
+        assert.equal((await callUi(pageA)).tiles, 0);
+        await pageA.click("#room-list button[data-room-name=Huddle]");
+        await pageA.waitForSelector("#state[data-state=live]");
+        assert.deepEqual(await callUi(pageA), { button: "Join call", message: null, tiles: 0 });
+      });
+    } finally {
+      await browser?.close();
+      await example.shutdown();
     }
   },
 });

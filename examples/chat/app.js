@@ -1,10 +1,12 @@
 // A minimal chat page on parley's client: sign up or sign in, pick or create a room (with its
 // unread count), chat: who is online and who is typing, edit and delete one's own messages,
-// react with emoji; set a password (to sign in on other devices), change the avatar, sign out.
+// react with emoji; a video call in the open room; set a password (to sign in on other
+// devices), change the avatar, sign out.
 // The API URL comes from ?api=... (default http://localhost:8000).
 import {
   createParleyClient,
   isUnauthorized,
+  joinCall,
   signIn,
   signOut,
   signUp,
@@ -49,6 +51,8 @@ const parley = createParleyClient({
 /** The signed-in user as last read, or null on the welcome screen. */
 let me = null;
 let watching = null;
+/** The id of the open room, or null. */
+let openRoomId = null;
 /** The open room's state as watchRoom last reported it. */
 let roomState = "idle";
 /** The id of the message being edited in the send form, or null. */
@@ -265,7 +269,9 @@ function stopWatching({ read = true } = {}) {
   markReadTimer = null;
   watching?.stop();
   watching = null;
+  openRoomId = null;
   roomState = "idle";
+  leaveCall(); // leaving or switching rooms leaves its call
   stopEditing();
   renderOnline([]);
   renderTyping([]);
@@ -351,6 +357,8 @@ async function openRoom(roomId, { join = false } = {}) {
   if (room.thumbnailUrl) $("#room-thumbnail").src = room.thumbnailUrl;
   show("room");
   stopWatching();
+  openRoomId = roomId;
+  showCallMessage(null);
   watching = watchRoom(parley, roomId, {
     onMessages: renderMessages,
     onPresence: renderOnline,
@@ -364,6 +372,148 @@ async function openRoom(roomId, { join = false } = {}) {
     },
   });
 }
+
+// The open room's call: a muted tile for one's own camera, one per other participant, each
+// with the name and the connection's state. One peer connection per participant (joinCall).
+
+/** The call in progress, or null: the camera's stream and joinCall's handle (once joined). */
+let call = null;
+/** Bumped by every start and leave: a start that finishes after a leave is dropped. */
+let callGeneration = 0;
+
+const CALL_STATES = {
+  new: "connecting…",
+  connecting: "connecting…",
+  connected: "connected",
+  disconnected: "reconnecting…",
+  failed: "connection failed",
+};
+
+function showCallMessage(text) {
+  $("#call-message").hidden = !text;
+  $("#call-message").textContent = text ?? "";
+}
+
+function renderCallButton() {
+  $("#call-button").textContent = call ? "Leave call" : "Join call";
+  $("#tiles").hidden = !call;
+}
+
+/** A video tile: `<figure>` with the video, the name and a state line. */
+function addTile(id, name, { local = false } = {}) {
+  const tile = document.createElement("figure");
+  tile.className = local ? "tile local" : "tile remote";
+  if (!local) tile.dataset.participantId = id;
+  const video = document.createElement("video");
+  video.autoplay = true;
+  video.playsInline = true;
+  video.muted = local; // one's own sound would echo
+  const caption = document.createElement("figcaption");
+  const label = document.createElement("span");
+  label.className = "name";
+  label.textContent = local ? `${name} (you)` : name;
+  const state = document.createElement("span");
+  state.className = "call-state";
+  caption.append(label, state);
+  tile.append(video, caption);
+  $("#tiles").append(tile);
+  setTileState(tile, local ? "joining…" : "connecting…", "connecting");
+  return tile;
+}
+
+function setTileState(tile, text, state) {
+  const line = tile.querySelector(".call-state");
+  line.textContent = text;
+  tile.dataset.state = state;
+}
+
+const remoteTile = (participant) =>
+  $(`#tiles .tile.remote[data-participant-id="${participant.participantId}"]`);
+
+function showStream(tile, stream) {
+  const video = tile.querySelector("video");
+  if (video.srcObject === stream) return;
+  video.srcObject = stream;
+  video.play().catch(() => {}); // autoplay does it too; a refusal leaves the tile still
+}
+
+/** Why the camera could not be used, in words. */
+function cameraProblem(error) {
+  if (error?.name === "NotAllowedError") {
+    return "Camera and microphone access was refused: allow it in the browser to join the call.";
+  }
+  if (error?.name === "NotFoundError") return "No camera or microphone found.";
+  return `The camera could not be started: ${error?.message ?? error}`;
+}
+
+/** Gets the camera and microphone and joins the open room's call. */
+async function startCall() {
+  const roomId = openRoomId;
+  if (!roomId || !me) return;
+  const generation = ++callGeneration;
+  const current = () => generation === callGeneration;
+  showCallMessage(null);
+  call = { stream: null, handle: null }; // the button leaves from now on
+  renderCallButton();
+  let stream;
+  try {
+    if (!navigator.mediaDevices) throw new Error("it needs a secure (https) page");
+    stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+  } catch (error) {
+    if (!current()) return;
+    leaveCall();
+    return showCallMessage(cameraProblem(error));
+  }
+  if (!current()) return stream.getTracks().forEach((track) => track.stop());
+  call.stream = stream;
+  const local = addTile(null, me.username, { local: true });
+  showStream(local, stream);
+  try {
+    const handle = await joinCall(parley, roomId, {
+      localStream: stream,
+      onParticipantJoined: (participant) => {
+        if (current() && !remoteTile(participant)) {
+          addTile(participant.participantId, participant.username);
+        }
+      },
+      onTrack: (participant, track, streams) => {
+        const tile = current() && remoteTile(participant);
+        if (tile) showStream(tile, streams[0] ?? new MediaStream([track]));
+      },
+      onConnectionStateChange: (participant, state) => {
+        const tile = current() && remoteTile(participant);
+        if (tile) setTileState(tile, CALL_STATES[state] ?? state, state);
+      },
+      onParticipantLeft: (participant) => remoteTile(participant)?.remove(),
+      onError: (error) => console.warn("call:", error),
+    });
+    if (!current()) return void handle.leave().catch(() => {});
+    call.handle = handle;
+    setTileState(local, "in the call", "connected");
+  } catch (error) {
+    if (!current()) return;
+    leaveCall();
+    showCallMessage(
+      error?.data?.code === "CONFLICT"
+        ? "This call is full: try again when someone leaves."
+        : `Could not join the call: ${error?.message ?? error}`,
+    );
+  }
+}
+
+/** Leaves the call (if any): stops the camera and removes every tile. */
+function leaveCall() {
+  callGeneration++;
+  if (call) {
+    call.stream?.getTracks().forEach((track) => track.stop());
+    void call.handle?.leave().catch(() => {});
+    call = null;
+  }
+  $("#tiles").replaceChildren();
+  renderCallButton();
+}
+
+$("#call-button").onclick = () => call ? leaveCall() : void startCall();
 
 /** Signed in as `user`: shows their profile and the room they had open, else the list. */
 async function enter(user) {

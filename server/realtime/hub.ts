@@ -218,7 +218,10 @@ export class Hub {
    */
   committed(message: Message, eventId: number): void {
     this.messages.committed(message.roomId, message.seq, message);
-    this.events.committed(message.roomId, eventId, messageEvent("message.created", message));
+    // The event is built only for a room someone here follows by events (a copy per message).
+    if (this.events.watches(message.roomId)) {
+      this.events.committed(message.roomId, eventId, messageEvent("message.created", message));
+    }
     this.#broadcast.announceMessage(message.roomId, message.seq, eventId);
   }
 

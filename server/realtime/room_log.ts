@@ -204,6 +204,11 @@ export class RoomLog<T> {
     return new FanoutItem(id, value, live, this.#options.encode);
   }
 
+  /** Whether a room is watched here (has subscribers). */
+  watches(roomId: string): boolean {
+    return this.#rooms.has(roomId);
+  }
+
   /** An item this instance committed: delivered at once when it is the next one. */
   committed(roomId: string, id: number, value: T): void {
     const room = this.#rooms.get(roomId);
