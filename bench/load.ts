@@ -434,6 +434,26 @@ function openSocket(fleet: Fleet, sub: Sub, lastEventId: number | null): Promise
     }
   };
   ws.onmessage = (event) => onFrame(fleet, sub, event.data);
+  return settleSubscription(ws, sub, promise, fleet.label);
+}
+
+/** What `settleSubscription` needs of a subscriber. */
+export interface SettlingSubscriber {
+  closed: boolean;
+  closeInfo: string;
+  pending: { resolve(): void; reject(error: Error): void } | null;
+}
+
+/**
+ * Notes a subscriber's socket closing (failing its subscription if it was still being set up)
+ * and bounds the setup by `CALL_TIMEOUT_MS`, closing the socket when it fails.
+ */
+export function settleSubscription(
+  ws: WebSocket,
+  sub: SettlingSubscriber,
+  subscribed: Promise<void>,
+  label: string,
+): Promise<void> {
   ws.onerror = () => {};
   ws.onclose = (event) => {
     sub.closed = true;
@@ -441,7 +461,7 @@ function openSocket(fleet: Fleet, sub: Sub, lastEventId: number | null): Promise
     sub.pending?.reject(new Error(`Socket closed before subscribing: ${sub.closeInfo}`));
     sub.pending = null;
   };
-  return withTimeout(promise, CALL_TIMEOUT_MS, `${fleet.label} subscriber to subscribe`)
+  return withTimeout(subscribed, CALL_TIMEOUT_MS, `${label} subscriber to subscribe`)
     .catch((error) => {
       sub.pending = null;
       ws.close();

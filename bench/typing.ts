@@ -22,6 +22,7 @@ import {
   parleySocketUrl,
   pool,
   post,
+  settleSubscription,
   sleep,
   withTimeout,
 } from "./load.ts";
@@ -164,19 +165,7 @@ function openSub(room: TypingRoom, sub: TypingSub): Promise<void> {
     ws.send(onEventFrame(1, room.roomId));
   };
   ws.onmessage = (event) => onFrame(room, sub, event.data);
-  ws.onerror = () => {};
-  ws.onclose = (event) => {
-    sub.closed = true;
-    sub.closeInfo = `${event.code} ${event.reason}`.trim();
-    sub.pending?.reject(new Error(`Socket closed before subscribing: ${sub.closeInfo}`));
-    sub.pending = null;
-  };
-  return withTimeout(promise, CALL_TIMEOUT_MS, `${room.label} subscriber to subscribe`)
-    .catch((error) => {
-      sub.pending = null;
-      ws.close();
-      throw error;
-    });
+  return settleSubscription(ws, sub, promise, room.label);
 }
 
 /**
