@@ -569,11 +569,21 @@ export function caughtUp(fleet: Fleet, target?: (room: RoomLoad) => number): boo
 }
 
 /** Waits until `caughtUp`; false (and a note) on timeout. */
-export async function drain(fleet: Fleet, timeoutMs: number, what: string): Promise<boolean> {
+export function drain(fleet: Fleet, timeoutMs: number, what: string): Promise<boolean> {
+  return waitCaughtUp(fleet, () => caughtUp(fleet), timeoutMs, what);
+}
+
+/** Waits until `isCaughtUp()` holds, polling; false (and a note on `on`) after `timeoutMs`. */
+export async function waitCaughtUp(
+  on: { label: string; notes: Notes },
+  isCaughtUp: () => boolean,
+  timeoutMs: number,
+  what: string,
+): Promise<boolean> {
   const deadline = performance.now() + timeoutMs;
-  while (!caughtUp(fleet)) {
+  while (!isCaughtUp()) {
     if (performance.now() > deadline) {
-      fleet.notes.add(`${fleet.label}: not caught up`, `${what}: within ${timeoutMs} ms`);
+      on.notes.add(`${on.label}: not caught up`, `${what}: within ${timeoutMs} ms`);
       return false;
     }
     await sleep(20);

@@ -24,6 +24,7 @@ import {
   post,
   settleSubscription,
   sleep,
+  waitCaughtUp,
   withTimeout,
 } from "./load.ts";
 import type { CpuMeter, CpuUsage } from "./process_metrics.ts";
@@ -242,20 +243,8 @@ function caughtUp(room: TypingRoom): boolean {
 }
 
 /** Waits until `caughtUp`; false (and a note) on timeout. */
-export async function drainTyping(
-  room: TypingRoom,
-  timeoutMs: number,
-  what: string,
-): Promise<boolean> {
-  const deadline = performance.now() + timeoutMs;
-  while (!caughtUp(room)) {
-    if (performance.now() > deadline) {
-      room.notes.add(`${room.label}: not caught up`, `${what}: within ${timeoutMs} ms`);
-      return false;
-    }
-    await sleep(20);
-  }
-  return true;
+export function drainTyping(room: TypingRoom, timeoutMs: number, what: string): Promise<boolean> {
+  return waitCaughtUp(room, () => caughtUp(room), timeoutMs, what);
 }
 
 /** A typing window's figures. */
