@@ -197,15 +197,6 @@ export class Presence {
     return this.#remote.size > 0;
   }
 
-  /** Whether a member is online in a room on any instance. */
-  isOnline(roomId: string, userId: string): boolean {
-    if (this.#local.get(roomId)?.has(userId)) return true;
-    for (const remote of this.#remote.values()) {
-      if (remote.rooms.get(roomId)?.has(userId)) return true;
-    }
-    return false;
-  }
-
   /** A live item from another instance. */
   heard(item: LiveItem): void {
     const now = Date.now();
